@@ -56,6 +56,7 @@ def prepare(
     strict: Annotated[bool, typer.Option(help="Fail on the first bad row instead of dropping and counting it.")] = False,
     sample_size: Annotated[Optional[int], typer.Option(min=10, help="Built-in sample: learners (EdNet) or registrations (OULAD).")] = None,
     split_by: Annotated[str, typer.Option(help="OULAD: learner or presentation.")] = "learner",
+    sample_strength: Annotated[Optional[list[str]], typer.Option(help="Built-in sample: signal a modality carries, e.g. behavior=3.0 (repeatable).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
 ) -> None:
     """Turn raw logs into Parquet (DESIGN §3).
@@ -66,7 +67,8 @@ def prepare(
 
     prepare_dataset(
         dataset=dataset, raw=raw, out=out, max_users=max_users, seed=seed, workers=workers, force=force,
-        strict=strict, sample_size=sample_size, split_by=split_by, json_out=json_out, console=console,
+        strict=strict, sample_size=sample_size, split_by=split_by, strengths=list(sample_strength or []),
+        json_out=json_out, console=console,
     )
 
 

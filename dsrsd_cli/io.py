@@ -17,6 +17,9 @@ from typing import Any, Iterator
 
 from dsrsd_cli.errors import BadInput
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
@@ -35,6 +38,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -72,6 +76,7 @@ def atomic_dir(dest: str | os.PathLike, *, force: bool = False) -> Iterator[Path
         raise BadInput(f"{dest}: output folder already exists; pass --force to replace it or choose another --out")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700
     try:
         yield tmp
         if dest.exists():

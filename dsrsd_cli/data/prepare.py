@@ -33,6 +33,20 @@ def _oulad(raw: Path, out: Path, **kw) -> dict:
 PREPARERS: dict[str, Callable[..., dict]] = {"ednet": _ednet, "oulad": _oulad}
 
 
+def parse_strengths(items: list[str]) -> dict[str, float]:
+    """["behavior=3", "item=0.2"] -> {"behavior": 3.0, "item": 0.2} (the generator checks the names)."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise BadInput(f"--sample-strength {item!r}: expected MODALITY=NUMBER, e.g. behavior=3.0")
+    return out
+
+
 def sample_raw_dir(out: Path) -> Path:
     """Where the built-in sample's raw files go: beside the prepared folder."""
     return out.parent / f"{out.name}_raw_sample"
@@ -50,7 +64,7 @@ def prepare_dataset(
     strict: bool = False,
     sample_size: int | None = None,
     split_by: str = "learner",
-    strengths: dict[str, float] | None = None,
+    strengths: dict[str, float] | list[str] | None = None,
     json_out: bool = False,
     console: Console | None = None,
 ) -> dict:
@@ -62,6 +76,8 @@ def prepare_dataset(
     if out.exists() and not force:
         raise BadInput(f"{out}: output folder already exists; pass --force to replace it or choose another --out")
 
+    if isinstance(strengths, list):
+        strengths = parse_strengths(strengths) if strengths else None
     extra: dict = {}
     if raw is None:
         raw = sample_raw_dir(out)
@@ -74,8 +90,8 @@ def prepare_dataset(
             shutil.rmtree(raw)
         params = write_sample(dataset, raw, size=sample_size, seed=seed, strengths=strengths)
         extra["sample"] = {"raw": str(raw), "ground_truth": str(raw / "ground_truth.parquet"), "params": params}
-    elif sample_size is not None:
-        raise BadInput("--sample-size only applies to the built-in sample; drop it or drop --raw")
+    elif sample_size is not None or strengths:
+        raise BadInput("--sample-size and --sample-strength only apply to the built-in sample; drop them or drop --raw")
 
     manifest = PREPARERS[dataset](
         Path(raw), out, max_users=max_users, seed=seed, workers=workers, force=force, strict=strict,

@@ -8,6 +8,7 @@ they are listed in `RawSource.refused` and never read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tarfile
@@ -15,7 +16,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.io import sha256_file
@@ -61,6 +62,8 @@ class RawSource:
                 return cls(path=path, kind="tar", names=sorted(names), refused=refused)
         except _BROKEN as e:
             raise BadInput(f"{path}: archive is unreadable or truncated ({e}); re-download or re-create it") from None
+        if path.suffix.lower() == ".zip" or path.name.lower().endswith((".tar.gz", ".tgz", ".tar")):
+            raise BadInput(f"{path}: unreadable or truncated archive; re-download or re-create it")
         raise BadInput(f"{path}: not a folder, .zip or .tar(.gz) archive; pass the raw data folder or archive with --raw")
 
     # ------------------------------------------------------------------ read
@@ -83,6 +86,30 @@ class RawSource:
                         if m.name in todo and m.isfile() and _safe_name(m.name):
                             f = tf.extractfile(m)
                             yield m.name, f.read() if f else b""
+        except _BROKEN as e:
+            raise BadInput(f"{self.path}: archive is unreadable or truncated ({e}); re-download or re-create it") from None
+
+    @contextlib.contextmanager
+    def open_member(self, name: str) -> Iterator[tuple[BinaryIO, int]]:
+        """A streaming binary handle on one member and its uncompressed size (large files
+        such as OULAD's 450 MB studentVle.csv are never loaded whole)."""
+        try:
+            if self.kind == "dir":
+                p = self.path / name
+                with open(p, "rb") as f:
+                    yield f, p.stat().st_size
+            elif self.kind == "zip":
+                with zipfile.ZipFile(self.path) as zf, zf.open(name) as f:
+                    yield f, zf.getinfo(name).file_size
+            else:
+                with tarfile.open(self.path, "r:*") as tf:
+                    m = tf.getmember(name)
+                    f = tf.extractfile(m)
+                    if f is None or not _safe_name(m.name):
+                        raise BadInput(f"{self.path}: member {name} is not a regular file")
+                    yield f, m.size
+        except KeyError:
+            raise BadInput(f"{self.path}: member {name} not found") from None
         except _BROKEN as e:
             raise BadInput(f"{self.path}: archive is unreadable or truncated ({e}); re-download or re-create it") from None
 

@@ -115,8 +115,7 @@ def _print_summary(manifest: dict, out: Path, console: Console) -> None:
                 table.add_row(f"{key}: {name}", f"{n:,}")
         elif value is not None:
             table.add_row(key, f"{value:,}")
-    for reason, n in (manifest.get("dropped") or {}).items():
-        table.add_row(f"dropped: {reason}", f"{n:,}")
+    # rows dropped per reason are tabled by the dataset's own parser, as it goes
     for split, n in (manifest.get("splits", {}).get("sizes") or {}).items():
         table.add_row(f"split: {split}", f"{n:,}")
     console.print(table)

@@ -1,0 +1,470 @@
+"""Per-modality encoders (DESIGN §2, §6): one modality's batch tensors -> its encoding h_m.
+
+An encoder is an *input module* (one modality's tensors -> embeddings) followed by a
+*core* that puts them in context. The cores are shared classes, so every model of a
+comparison uses the same encoders at the same sizes:
+
+- EdNet: `CausalInteractionEncoder`, SAKT-like and block-causal by bundle. Step t's
+  query (what is known when the question is shown) attends to the memory (the full
+  interaction, response included) of steps of EARLIER bundles only.
+- OULAD: `SetEncoder`, a small transformer over one row's tokens (demographic columns,
+  weeks of clicks, assessments) with an always-visible summary token.
+
+The `early` baseline reuses the input modules with one joint core (fusion.py).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dsrsd_cli.config import ModelConfig
+from dsrsd_cli.data.schema import BEHAVIOR_FEATURES
+from dsrsd_cli.errors import BadInput
+from dsrsd_cli.types import Batch, DataSpec
+
+
+class View(NamedTuple):
+    """EdNet per-step embeddings of one modality, each (B, T, d).
+
+    query:  what is known when step t is shown; it may feed step t's own prediction.
+    memory: the whole interaction of step t (the query plus what is known only after
+            answering); the core lets it reach only steps of LATER bundles.
+    """
+
+    query: Tensor
+    memory: Tensor
+
+
+class Tokens(NamedTuple):
+    """OULAD tokens of one row: x (B, L, d); mask (B, L) bool, True where the token exists."""
+
+    x: Tensor
+    mask: Tensor
+
+
+class Encoded(NamedTuple):
+    """One modality's encoding, what the fusions consume.
+
+    h:          (B, T, d) EdNet, one vector per step | (B, d) OULAD, one per row.
+    tokens:     (B, L, d) the sequence cross-modal attention reads. EdNet: h itself (L = T);
+                OULAD: [summary, token states] (L = 1 + tokens), summary == h.
+    token_mask: (B, L) bool, tokens that exist (EdNet: valid steps; OULAD: summary + mask).
+    """
+
+    h: Tensor
+    tokens: Tensor
+    token_mask: Tensor
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+class Attention(nn.Module):
+    """Multi-head attention of x over context where `visible` allows.
+
+    x (B, Lq, d), context (B, Lk, d), visible (B, Lq, Lk) or (B, 1, Lk) bool -> (B, Lq, d).
+    Every query row must see at least one key (the callers add an always-visible slot).
+    """
+
+    def __init__(self, *, d: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        if d % n_heads:
+            raise BadInput(f"model.d_model = {d} is not divisible by model.n_heads = {n_heads}; pick sizes that divide")
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.to_q = nn.Linear(d, d)
+        self.to_kv = nn.Linear(d, 2 * d)
+        self.proj = nn.Linear(d, d)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, context: Tensor, visible: Tensor) -> Tensor:
+        B, Lq, d = x.shape
+        Lk, H = context.shape[1], self.n_heads
+        q = self.to_q(x).view(B, Lq, H, d // H).transpose(1, 2)                       # (B, H, Lq, dh)
+        k, v = self.to_kv(context).view(B, Lk, 2, H, d // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, Lk, dh)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=visible.unsqueeze(1), dropout_p=self.dropout if self.training else 0.0
+        )                                                                              # (B, H, Lq, dh)
+        y = y.transpose(1, 2).reshape(B, Lq, d)
+        return self.resid_dropout(self.proj(y))
+
+
+class FeedForward(nn.Sequential):
+    """(…, d) -> (…, d): Linear -> GELU -> Linear -> Dropout."""
+
+    def __init__(self, *, d: int, hidden: int, dropout: float) -> None:
+        super().__init__(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d), nn.Dropout(dropout))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x), LN(context)); x + MLP(LN(x)).
+
+    cross=False: self-attention (context is x). x (B, Lq, d) -> (B, Lq, d).
+    """
+
+    def __init__(self, *, d: int, n_heads: int, dropout: float, cross: bool) -> None:
+        super().__init__()
+        self.ln_x = nn.LayerNorm(d)
+        self.ln_context = nn.LayerNorm(d) if cross else None
+        self.attn = Attention(d=d, n_heads=n_heads, dropout=dropout)
+        self.ln_mlp = nn.LayerNorm(d)
+        self.mlp = FeedForward(d=d, hidden=4 * d, dropout=dropout)
+
+    def forward(self, x: Tensor, visible: Tensor, context: Tensor | None = None) -> Tensor:
+        x_norm = self.ln_x(x)
+        context_norm = x_norm if self.ln_context is None else self.ln_context(context)
+        x = x + self.attn(x_norm, context_norm, visible)
+        return x + self.mlp(self.ln_mlp(x))
+
+
+# ----------------------------------------------------------------------------- EdNet
+
+
+def earlier_bundles(bundle_group: Tensor, valid: Tensor) -> Tensor:
+    """(B, T, T) bool: [b, t, t'] is True iff t' is a real step of a bundle before t's bundle.
+
+    This is the leakage rule of DESIGN §6: responses and "post" features of step t' may
+    reach step t only then.
+    """
+    return (bundle_group.unsqueeze(1) < bundle_group.unsqueeze(2)) & valid.unsqueeze(1)
+
+
+def same_or_earlier_bundles(bundle_group: Tensor, valid: Tensor) -> Tensor:
+    """(B, T, T) bool: t' is a real step of t's bundle or an earlier one, or t' == t.
+
+    For attention between encoder OUTPUTS: h(t') holds only what is known when t' is shown,
+    which for a step of the same bundle is known when t is shown too.
+    """
+    T = bundle_group.shape[1]
+    diagonal = torch.eye(T, dtype=torch.bool, device=bundle_group.device)
+    return ((bundle_group.unsqueeze(1) <= bundle_group.unsqueeze(2)) & valid.unsqueeze(1)) | diagonal
+
+
+class CausalInteractionEncoder(nn.Module):
+    """SAKT-like encoder of one EdNet view, causal and block-causal by bundle.
+
+    Step t's query attends to the memory of steps of EARLIER bundles (their full
+    interaction, with a projection chosen by the response: SAKT's interaction
+    embedding), plus a learned start slot that is always visible, so the first bundle
+    has something to attend to. The query enters the output through the residual.
+
+    forward(view: View (B, T, d) x2, response (B, T) long, bundle_group (B, T) long,
+            valid (B, T) bool) -> h (B, T, d)
+    """
+
+    def __init__(self, *, d: int, n_heads: int, n_layers: int, dropout: float, max_len: int) -> None:
+        super().__init__()
+        self.position = nn.Embedding(max_len, d)
+        self.by_response = nn.Linear(d, 2 * d)   # [wrong | right] projections of a step's memory
+        self.start = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(d=d, n_heads=n_heads, dropout=dropout, cross=True) for _ in range(n_layers))
+        self.ln_out = nn.LayerNorm(d)
+
+    def forward(self, view: View, response: Tensor, bundle_group: Tensor, valid: Tensor) -> Tensor:
+        B, T, d = view.query.shape
+        if T > self.position.num_embeddings:
+            raise BadInput(f"EdNet window of {T} steps is longer than the model's max_len {self.position.num_embeddings}; "
+                           "use the data.max_len the model was built with")
+        position = self.position.weight[:T]                                   # (T, d)
+        x = self.dropout(view.query + position)                              # (B, T, d)
+        wrong, right = self.by_response(view.memory).chunk(2, dim=-1)         # 2 x (B, T, d)
+        memory = torch.where(response.unsqueeze(-1) == 1, right, wrong) + position
+        memory = memory.masked_fill(~valid.unsqueeze(-1), 0.0)              # padding carries nothing (not even NaN)
+        memory = torch.cat([self.start.expand(B, 1, d), self.dropout(memory)], dim=1)   # (B, 1+T, d)
+        visible = earlier_bundles(bundle_group, valid)                        # (B, T, T)
+        visible = torch.cat([visible.new_ones(B, T, 1), visible], dim=-1)     # (B, T, 1+T): start slot
+        for block in self.blocks:
+            x = block(x, visible, context=memory)
+        return self.ln_out(x)
+
+
+def bag_mean(table: nn.Embedding, ids: Tensor) -> Tensor:
+    """Mean embedding of the non-zero ids: (…, K) long -> (…, d); all-padding -> zeros."""
+    real = (ids > 0).unsqueeze(-1)                                   # (…, K, 1)
+    return (table(ids) * real).sum(-2) / real.sum(-2).clamp(min=1)
+
+
+class NumericEmbedding(nn.Module):
+    """Numeric features with a presence mask -> one vector.
+
+    x (…, F) float, present (…, F) bool -> (…, d) = bias + sum_j (x_j w_j if present else missing_j).
+    A null is its own learned embedding, never a silent zero.
+    """
+
+    def __init__(self, *, n_features: int, d: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_features, d) * 0.02)
+        self.missing = nn.Parameter(torch.randn(n_features, d) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x: Tensor, present: Tensor) -> Tensor:
+        x = torch.where(present, x, 0.0)                 # nulls may arrive as NaN
+        return x @ self.weight + (~present).to(x.dtype) @ self.missing + self.bias
+
+
+def _size(table: dict[str, int], key: str, where: str = "vocab") -> int:
+    if key not in table:
+        raise BadInput(f"data spec has no {where} entry {key!r}; re-run `dsrsd prepare` with this version of dsrsd")
+    return int(table[key])
+
+
+class ItemView(nn.Module):
+    """item: question and bundle ids. Known when shown, so query and memory are the same."""
+
+    def __init__(self, *, n_questions: int, n_bundles: int, d: int) -> None:
+        super().__init__()
+        self.question = nn.Embedding(n_questions, d, padding_idx=0)
+        self.bundle = nn.Embedding(n_bundles, d, padding_idx=0)
+
+    @classmethod
+    def from_spec(cls, spec: DataSpec, *, d: int) -> "ItemView":
+        return cls(n_questions=_size(spec.vocab, "item.question"), n_bundles=_size(spec.vocab, "item.bundle"), d=d)
+
+    def forward(self, batch: Batch) -> View:
+        x = batch.inputs["item"]
+        e = self.question(x["question"]) + self.bundle(x["bundle"])     # (B, T, d)
+        return View(query=e, memory=e)
+
+
+class ContentView(nn.Module):
+    """content: TOEIC part, bag of skill tags, and the lectures studied before the bundle.
+
+    Lecture tags share the question tags' table (same skills) through their own projection.
+    """
+
+    def __init__(self, *, n_parts: int, n_tags: int, d: int) -> None:
+        super().__init__()
+        self.part = nn.Embedding(n_parts, d, padding_idx=0)
+        self.tag = nn.Embedding(n_tags, d, padding_idx=0)
+        self.lecture_part = nn.Embedding(n_parts, d, padding_idx=0)
+        self.lecture_tags = nn.Linear(d, d)
+
+    @classmethod
+    def from_spec(cls, spec: DataSpec, *, d: int) -> "ContentView":
+        return cls(n_parts=_size(spec.vocab, "content.part"), n_tags=_size(spec.vocab, "content.tag"), d=d)
+
+    def forward(self, batch: Batch) -> View:
+        x = batch.inputs["content"]
+        e = (self.part(x["part"]) + bag_mean(self.tag, x["tags"])
+             + self.lecture_part(x["lecture_part"]) + self.lecture_tags(bag_mean(self.tag, x["lecture_tags"])))
+        return View(query=e, memory=e)                                  # (B, T, d)
+
+
+class BehaviorView(nn.Module):
+    """behavior: the "pre" features of schema.BEHAVIOR_FEATURES + platform + source form the
+    query; the memory adds the "post" features (elapsed time, answer changes, explanation,
+    media), which are known only after answering."""
+
+    def __init__(self, *, n_platforms: int, n_sources: int, d: int) -> None:
+        super().__init__()
+        kinds = [kind for _, kind in BEHAVIOR_FEATURES]
+        pre = [i for i, kind in enumerate(kinds) if kind == "pre"]
+        post = [i for i, kind in enumerate(kinds) if kind == "post"]
+        self.register_buffer("pre_index", torch.tensor(pre), persistent=False)
+        self.register_buffer("post_index", torch.tensor(post), persistent=False)
+        self.pre = NumericEmbedding(n_features=len(pre), d=d)
+        self.post = NumericEmbedding(n_features=len(post), d=d)
+        self.platform = nn.Embedding(n_platforms, d)
+        self.source = nn.Embedding(n_sources, d)
+
+    @classmethod
+    def from_spec(cls, spec: DataSpec, *, d: int) -> "BehaviorView":
+        n = _size(spec.dims, "behavior.num", where="dims")
+        if n != len(BEHAVIOR_FEATURES):
+            raise BadInput(f"data spec dims['behavior.num'] = {n}, this dsrsd expects {len(BEHAVIOR_FEATURES)} "
+                           "behaviour features; re-run `dsrsd prepare` with this version")
+        return cls(n_platforms=_size(spec.vocab, "behavior.platform"), n_sources=_size(spec.vocab, "behavior.source"), d=d)
+
+    def forward(self, batch: Batch) -> View:
+        x = batch.inputs["behavior"]
+        num, present = x["num"], x["num_present"]                      # (B, T, F)
+        query = (self.pre(num[..., self.pre_index], present[..., self.pre_index])
+                 + self.platform(x["platform"]) + self.source(x["source"]))        # (B, T, d)
+        memory = query + self.post(num[..., self.post_index], present[..., self.post_index])
+        return View(query=query, memory=memory)
+
+
+class EdNetEncoder(nn.Module):
+    """inputs (a View module) + CausalInteractionEncoder. forward(batch) -> Encoded, h (B, T, d)."""
+
+    def __init__(self, *, inputs: nn.Module, core: CausalInteractionEncoder) -> None:
+        super().__init__()
+        self.inputs = inputs
+        self.core = core
+
+    def forward(self, batch: Batch) -> Encoded:
+        h = self.core(self.inputs(batch), batch.context["response"], batch.context["bundle_group"], batch.valid)
+        return Encoded(h=h, tokens=h, token_mask=batch.valid)
+
+
+# ----------------------------------------------------------------------------- OULAD
+
+
+class SetEncoder(nn.Module):
+    """Transformer over one row's tokens with a learned summary token ([CLS]).
+
+    The summary is always visible, so a row with no tokens (nothing before the cutoff)
+    still gets a finite encoding. Masked tokens never reach a real one.
+    forward(Tokens x (B, L, d), mask (B, L)) -> summary (B, d), states (B, 1+L, d), mask (B, 1+L)
+    """
+
+    def __init__(self, *, d: int, n_heads: int, n_layers: int, dropout: float) -> None:
+        super().__init__()
+        self.summary = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(d=d, n_heads=n_heads, dropout=dropout, cross=False) for _ in range(n_layers))
+        self.ln_out = nn.LayerNorm(d)
+
+    def forward(self, tokens: Tokens) -> tuple[Tensor, Tensor, Tensor]:
+        B, L, d = tokens.x.shape
+        x = tokens.x.masked_fill(~tokens.mask.unsqueeze(-1), 0.0)            # (B, L, d)
+        x = torch.cat([self.summary.expand(B, 1, d), self.dropout(x)], dim=1)  # (B, 1+L, d)
+        mask = torch.cat([tokens.mask.new_ones(B, 1), tokens.mask], dim=1)   # (B, 1+L)
+        for block in self.blocks:
+            x = block(x, mask.unsqueeze(1))                                  # keys: (B, 1, 1+L)
+        x = self.ln_out(x)
+        return x[:, 0], x, mask
+
+
+class DemographicsTokens(nn.Module):
+    """demographics: one token per categorical column (its own codes) and per numeric
+    column (value * w_j + b_j, or a learned missing token) - the FT-Transformer tokenizer."""
+
+    def __init__(self, *, cat_sizes: tuple[int, ...], n_num: int, d: int) -> None:
+        super().__init__()
+        if not cat_sizes and not n_num:
+            raise BadInput("data spec has no demographics columns (cat_sizes and dims['demographics.num'] are empty)")
+        offsets = torch.tensor((0, *cat_sizes[:-1])).cumsum(0) if cat_sizes else torch.zeros(0, dtype=torch.long)
+        self.register_buffer("offsets", offsets, persistent=False)
+        self.categories = nn.Embedding(max(sum(cat_sizes), 1), d)
+        self.column = nn.Parameter(torch.randn(len(cat_sizes), d) * 0.02)
+        self.num_weight = nn.Parameter(torch.randn(n_num, d) * 0.02)
+        self.num_bias = nn.Parameter(torch.randn(n_num, d) * 0.02)
+        self.num_missing = nn.Parameter(torch.randn(n_num, d) * 0.02)
+
+    @classmethod
+    def from_spec(cls, spec: DataSpec, *, d: int) -> "DemographicsTokens":
+        return cls(cat_sizes=tuple(spec.cat_sizes), n_num=_size(spec.dims, "demographics.num", where="dims"), d=d)
+
+    def forward(self, batch: Batch) -> Tokens:
+        x = batch.inputs["demographics"]
+        cat = self.categories(x["cat"] + self.offsets) + self.column              # (B, C, d)
+        present = x["num_present"].unsqueeze(-1)                                   # (B, N, 1)
+        value = torch.where(present, x["num"].unsqueeze(-1), 0.0)
+        num = torch.where(present, value * self.num_weight + self.num_bias, self.num_missing)  # (B, N, d)
+        tokens = torch.cat([cat, num], dim=1)                                      # (B, C+N, d)
+        return Tokens(tokens, tokens.new_ones(tokens.shape[:2], dtype=torch.bool))
+
+
+class ClickTokens(nn.Module):
+    """clicks: one token per week before the cutoff, log-clicks per activity type -> d."""
+
+    def __init__(self, *, n_weeks: int, n_types: int, d: int) -> None:
+        super().__init__()
+        self.clicks = nn.Linear(n_types, d)
+        self.week = nn.Embedding(n_weeks, d)
+
+    @classmethod
+    def from_spec(cls, spec: DataSpec, *, d: int) -> "ClickTokens":
+        return cls(n_weeks=_size(spec.dims, "clicks.weeks", where="dims"),
+                   n_types=_size(spec.dims, "clicks.types", where="dims"), d=d)
+
+    def forward(self, batch: Batch) -> Tokens:
+        x = batch.inputs["clicks"]
+        weeks, mask = x["weeks"], x["week_mask"]                        # (B, W, A), (B, W)
+        weeks = torch.where(mask.unsqueeze(-1), weeks, 0.0)           # after the cutoff: nothing
+        return Tokens(self.clicks(weeks) + self.week.weight[: weeks.shape[1]], mask)
+
+
+class AssessmentTokens(nn.Module):
+    """assessments: one token per assessment due before the cutoff: type + numeric columns + slot."""
+
+    def __init__(self, *, n_types: int, n_slots: int, n_num: int, d: int) -> None:
+        super().__init__()
+        self.kind = nn.Embedding(n_types, d, padding_idx=0)
+        self.num = nn.Linear(n_num, d)
+        self.slot = nn.Embedding(n_slots, d)
+
+    @classmethod
+    def from_spec(cls, spec: DataSpec, *, d: int) -> "AssessmentTokens":
+        return cls(n_types=_size(spec.vocab, "assessments.type"), n_slots=_size(spec.dims, "assessments.len", where="dims"),
+                   n_num=_size(spec.dims, "assessments.num", where="dims"), d=d)
+
+    def forward(self, batch: Batch) -> Tokens:
+        x = batch.inputs["assessments"]
+        mask = x["seq_mask"]                                            # (B, S)
+        num = torch.where(mask.unsqueeze(-1), x["num"], 0.0)           # (B, S, F)
+        tokens = self.kind(x["type"]) + self.num(num) + self.slot.weight[: mask.shape[1]]
+        return Tokens(tokens, mask)
+
+
+class OuladEncoder(nn.Module):
+    """inputs (a Tokens module) + SetEncoder. forward(batch) -> Encoded, h (B, d)."""
+
+    def __init__(self, *, inputs: nn.Module, core: SetEncoder) -> None:
+        super().__init__()
+        self.inputs = inputs
+        self.core = core
+
+    def forward(self, batch: Batch) -> Encoded:
+        summary, states, mask = self.core(self.inputs(batch))
+        return Encoded(h=summary, tokens=states, token_mask=mask)
+
+
+# ----------------------------------------------------------------------------- factories
+
+INPUTS: dict[str, type[nn.Module]] = {
+    "item": ItemView,
+    "content": ContentView,
+    "behavior": BehaviorView,
+    "demographics": DemographicsTokens,
+    "clicks": ClickTokens,
+    "assessments": AssessmentTokens,
+}
+
+CORES = {
+    "ednet": lambda spec, cfg: CausalInteractionEncoder(
+        d=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout, max_len=max(spec.max_len, 1)
+    ),
+    "oulad": lambda spec, cfg: SetEncoder(d=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout),
+}
+
+ENCODERS: dict[str, type[nn.Module]] = {"ednet": EdNetEncoder, "oulad": OuladEncoder}
+
+
+def init_small_(module: nn.Module) -> nn.Module:
+    """nanoGPT-style init: N(0, 0.02) weights and embeddings, zero biases, padding rows 0."""
+    for part in module.modules():
+        if isinstance(part, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(part.weight, std=0.02)
+        if isinstance(part, nn.Linear) and part.bias is not None:
+            nn.init.zeros_(part.bias)
+        if isinstance(part, nn.Embedding) and part.padding_idx is not None:
+            with torch.no_grad():
+                part.weight[part.padding_idx].zero_()
+    return module
+
+
+def build_inputs(spec: DataSpec, modality: str, *, d: int) -> nn.Module:
+    """The input module of one modality (a View module for EdNet, a Tokens module for OULAD)."""
+    if modality not in INPUTS:
+        raise BadInput(f"no encoder for modality {modality!r}; known: {', '.join(INPUTS)}")
+    return init_small_(INPUTS[modality].from_spec(spec, d=d))
+
+
+def build_core(spec: DataSpec, cfg: ModelConfig) -> nn.Module:
+    """The dataset's contextual core: CausalInteractionEncoder (EdNet) or SetEncoder (OULAD)."""
+    if spec.dataset not in CORES:
+        raise BadInput(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(CORES)}")
+    return init_small_(CORES[spec.dataset](spec, cfg))
+
+
+def build_encoder(spec: DataSpec, modality: str, cfg: ModelConfig) -> nn.Module:
+    """One modality's full encoder: forward(batch) -> Encoded."""
+    core = build_core(spec, cfg)
+    return ENCODERS[spec.dataset](inputs=build_inputs(spec, modality, d=cfg.d_model), core=core)

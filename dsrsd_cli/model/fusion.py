@@ -1,0 +1,371 @@
+"""Fusions (DESIGN §4, §6): how the per-modality encodings become one prediction.
+
+A model is encoders (encoders.py) + a fusion with its head, as in MultiBench's MMDL.
+`MultimodalModel` runs the encoders, hides modalities (modality dropout in training),
+puts each modality's learned absent token where it is absent, and calls the fusion.
+DSRSD-Net and the baselines differ only in the fusion; `early` alone has, by
+definition, one joint encoder instead (`EarlyFusionEdNet`, `EarlyFusionOulad`).
+
+Encoders start from a small init (encoders.init_small_); fusions and heads keep PyTorch's
+default init, so the DSRSD streams start at the scale of h, not near zero.
+
+Fusions work on "units": the B x T steps of EdNet or the B rows of OULAD, flattened to
+(U, d). Every model returns ModelOutput(logits, aux) with logits (B, T) for EdNet and
+(B,) or (B, C) for OULAD.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations, permutations
+
+import torch
+from torch import Tensor, nn
+
+from dsrsd_cli.errors import BadInput
+from dsrsd_cli.model import losses
+from dsrsd_cli.model.encoders import Attention, Encoded, FeedForward, Tokens, View, same_or_earlier_bundles
+from dsrsd_cli.types import Batch, ModelOutput
+
+STREAMS = ("shared", "private")   # what `ablate` entries name: "<modality>.shared" | "<modality>.private"
+
+
+class Head(nn.Sequential):
+    """Task head: (U, d_in) -> (U, n_outputs). LN -> Linear -> GELU -> Dropout -> Linear."""
+
+    def __init__(self, *, d_in: int, d: int, n_outputs: int, dropout: float) -> None:
+        super().__init__(nn.LayerNorm(d_in), nn.Linear(d_in, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, n_outputs))
+
+
+def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    """(…, d_in) -> (…, d_out): Linear -> GELU -> Linear."""
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
+
+
+def to_logits(y: Tensor, batch: Batch) -> Tensor:
+    """(U, C) -> (B, T) | (B,) for C == 1, (B, T, C) | (B, C) otherwise; float32 even
+    under bf16 autocast, so probabilities keep their resolution (AUC ties otherwise)."""
+    y = y.float().view(*batch.valid.shape, y.shape[-1])
+    return y.squeeze(-1) if y.shape[-1] == 1 else y
+
+
+def drop_modalities(present: dict[str, Tensor], p: float) -> dict[str, Tensor]:
+    """Modality dropout: hide each modality of each row (all its steps) with probability p.
+
+    A unit never loses all of the modalities it had: where that would happen it keeps
+    them all. present: modality -> (B,) or (B, T) bool.
+    """
+    names = list(present)
+    if p <= 0 or len(names) < 2:
+        return present
+    had = torch.stack([present[m] for m in names], dim=-1)                  # (B, [T,] M)
+    B, M = had.shape[0], had.shape[-1]
+    hide = torch.rand(B, M, device=had.device) < p
+    hide = hide.view(B, *[1] * (had.dim() - 2), M)                          # same for every step of a row
+    kept = had & ~hide
+    kept = torch.where(kept.any(-1, keepdim=True), kept, had)
+    return {m: kept[..., i] for i, m in enumerate(names)}
+
+
+def effective_presence(batch: Batch, modalities: tuple[str, ...], *, training: bool, p: float) -> dict[str, Tensor]:
+    present = {m: batch.present[m].bool() for m in modalities}
+    return drop_modalities(present, p) if training else present
+
+
+def with_absent_token(encoded: Encoded, present: Tensor, token: Tensor) -> Encoded:
+    """Replace the encoding of absent units by the modality's learned absent token (d,).
+
+    EdNet (h (B, T, d)): the tokens are h itself. OULAD (h (B, d)): an absent row's
+    token sequence becomes just [absent token].
+    """
+    h = torch.where(present.unsqueeze(-1), encoded.h, token)
+    if h.dim() == 3:
+        return Encoded(h=h, tokens=h, token_mask=encoded.token_mask)
+    tokens = torch.cat([h.unsqueeze(1), encoded.tokens[:, 1:]], dim=1)                    # (B, 1+L, d)
+    mask = torch.cat([encoded.token_mask[:, :1], encoded.token_mask[:, 1:] & present.unsqueeze(1)], dim=1)
+    return Encoded(h=h, tokens=tokens, token_mask=mask)
+
+
+def sample_aux_rows(valid: Tensor, n: int, *, training: bool) -> Tensor:
+    """Indices (N <= n,) of valid units for the auxiliary losses: a random subset in
+    training, an evenly spaced (reproducible) one in evaluation. valid: (U,) bool."""
+    rows = valid.nonzero().squeeze(1)
+    if rows.numel() <= n:
+        return rows
+    if training:
+        pick = torch.randperm(rows.numel(), device=rows.device)[:n].sort().values
+    else:
+        pick = torch.linspace(0, rows.numel() - 1, n, device=rows.device).long()
+    return rows[pick]
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class MultimodalModel(nn.Module):
+    """encoders (modality -> forward(batch) -> Encoded) + a fusion.
+
+    forward(batch, *, ablate) -> ModelOutput. `ablate` removes streams of the DSRSD
+    fusion (for `dsrsd explain`); other fusions ignore it.
+    """
+
+    def __init__(self, *, encoders: dict[str, nn.Module], fusion: nn.Module, d: int, modality_dropout: float) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict(encoders)
+        self.absent = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m in encoders})
+        self.fusion = fusion
+        self.modality_dropout = modality_dropout
+        for token in self.absent.values():
+            nn.init.normal_(token, std=0.02)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.encoders)
+
+    def forward(self, batch: Batch, *, ablate: frozenset[str] = frozenset()) -> ModelOutput:
+        present = effective_presence(batch, self.modalities, training=self.training, p=self.modality_dropout)
+        encoded = {m: with_absent_token(encoder(batch), present[m], self.absent[m]) for m, encoder in self.encoders.items()}
+        return self.fusion(encoded, present, batch, ablate=ablate)
+
+
+# ----------------------------------------------------------------------------- DSRSD-Net
+
+
+class DSRSDFusion(nn.Module):
+    """Dual-stream residual decomposition, semantic alignment, decorrelation, gated fusion (§6).
+
+    Per modality m (on units (U, d)): shared s_m = P_m(h_m); private residual p_m = h_m - s_m;
+    q_m = Q_m(p_m) (U, k); z_m = G(s_m) (U, k) with ONE head G for all modalities.
+    Consensus c = mean of the present z_m. A gate network scores [c, q_1..q_M] from their
+    concatenation; absent (or ablated) streams get -inf, so their weight is exactly 0;
+    fused = sum of weighted streams (U, k); head -> logits.
+
+    aux: "losses" (unweighted infonce, regression, decorrelation, orthogonality on at most
+    aux_rows sampled valid units, each over the units where its modalities are present);
+    "gates" (N_valid, 1+M) for the valid units in batch.valid order, "gate_names";
+    "shared"/"private": modality -> z_m / q_m (N, k) of the sampled units, with
+    "aux_rows" (N,) their flat unit indices and "aux_present": modality -> (N,) bool.
+    """
+
+    def __init__(
+        self, *, modalities: tuple[str, ...], d: int, k: int, n_outputs: int, dropout: float,
+        aux_rows: int, tau: float, orth_private_pairs: bool,
+    ) -> None:
+        super().__init__()
+        self.modalities = tuple(modalities)
+        M = len(self.modalities)
+        self.aux_rows, self.tau, self.orth_private_pairs = aux_rows, tau, orth_private_pairs
+        # Both k-sized streams end in a LayerNorm without gain: every stream the gate weighs
+        # has the same scale (so gate weights say how much each one counts), and the VICReg
+        # variance hinge measures collapse of the shared space, not its scale.
+        self.shared = nn.ModuleDict({m: mlp(d, d, d) for m in self.modalities})              # P_m
+        self.private = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, k), nn.LayerNorm(k, elementwise_affine=False))
+                                      for m in self.modalities})                              # Q_m
+        self.align = nn.Sequential(mlp(d, d, k), nn.LayerNorm(k, elementwise_affine=False))  # G, shared by all
+        self.predictors = nn.ModuleDict({f"{a}->{b}": nn.Linear(k, k) for a, b in permutations(self.modalities, 2)})
+        self.gate = mlp((1 + M) * k, d, 1 + M)
+        self.head = Head(d_in=k, d=d, n_outputs=n_outputs, dropout=dropout)
+
+    def _check(self, ablate: frozenset[str]) -> None:
+        valid = {f"{m}.{s}" for m in self.modalities for s in STREAMS}
+        wrong = set(ablate) - valid
+        if wrong:
+            raise BadInput(f"cannot ablate {sorted(wrong)}; valid entries: {', '.join(sorted(valid))}")
+
+    def forward(self, encoded: dict[str, Encoded], present: dict[str, Tensor], batch: Batch, *,
+                ablate: frozenset[str] = frozenset()) -> ModelOutput:
+        self._check(ablate)
+        names = self.modalities
+        h = {m: encoded[m].h.reshape(-1, encoded[m].h.shape[-1]) for m in names}   # (U, d)
+        here = {m: present[m].reshape(-1) for m in names}                            # (U,)
+        s = {m: self.shared[m](h[m]) for m in names}                                 # (U, d)
+        p = {m: h[m] - s[m] for m in names}                                          # (U, d)
+        q = {m: self.private[m](p[m]) for m in names}                                # (U, k)
+        z = {m: self.align(s[m]) for m in names}                                     # (U, k)
+
+        in_consensus = torch.stack([here[m] & (f"{m}.shared" not in ablate) for m in names], dim=1)   # (U, M)
+        weight = in_consensus.to(z[names[0]].dtype)
+        c = (torch.stack([z[m] for m in names], 1) * weight.unsqueeze(-1)).sum(1) / weight.sum(1, keepdim=True).clamp(min=1)
+        streams = torch.stack([c, *(q[m] for m in names)], dim=1)                    # (U, 1+M, k)
+        private_open = torch.stack([here[m] & (f"{m}.private" not in ablate) for m in names], dim=1)  # (U, M)
+        # The consensus stays open when nothing else is, so every unit has one stream.
+        consensus_open = in_consensus.any(1) | ~private_open.any(1)
+        is_open = torch.cat([consensus_open.unsqueeze(1), private_open], dim=1)       # (U, 1+M)
+        scores = self.gate(streams.flatten(1)).float().masked_fill(~is_open, float("-inf"))
+        gates = torch.softmax(scores, dim=-1)                                         # (U, 1+M)
+        fused = (gates.unsqueeze(-1) * streams).sum(1)                                # (U, k)
+        logits = to_logits(self.head(fused), batch)
+
+        valid = batch.valid.reshape(-1)
+        rows = sample_aux_rows(valid, self.aux_rows, training=self.training)          # (N,)
+        aux_losses = self._aux_losses(
+            z={m: z[m][rows] for m in names}, s={m: s[m][rows] for m in names},
+            p={m: p[m][rows] for m in names}, here={m: here[m][rows] for m in names},
+        )
+        aux = {
+            "losses": aux_losses,
+            "gates": gates[valid].detach(),
+            "gate_names": ["consensus", *names],
+            "shared": {m: z[m][rows].detach() for m in names},
+            "private": {m: q[m][rows].detach() for m in names},
+            "aux_rows": rows,
+            "aux_present": {m: here[m][rows] for m in names},
+        }
+        return ModelOutput(logits, aux)
+
+    def _aux_losses(self, *, z: dict, s: dict, p: dict, here: dict) -> dict[str, Tensor]:
+        names = self.modalities
+        predictors = {(a, b): self.predictors[f"{a}->{b}"] for a, b in permutations(names, 2)}
+        orth = [losses.orthogonality(s[m], p[m], here[m]) for m in names]
+        if self.orth_private_pairs:
+            orth += [losses.orthogonality(p[a], p[b], here[a] & here[b]) for a, b in combinations(names, 2)]
+        return {
+            "infonce": losses.info_nce(z, here, self.tau),
+            "regression": losses.regression_alignment(z, here, predictors),
+            "decorrelation": torch.stack([losses.decorrelation(z[m], here[m]) for m in names]).mean(),
+            "orthogonality": torch.stack(orth).mean(),
+        }
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+class ConcatFusion(nn.Module):
+    """`concat` (and `single:<m>` with one modality): [h_1 .. h_M] (U, M*d) -> head."""
+
+    def __init__(self, *, modalities: tuple[str, ...], d: int, n_outputs: int, dropout: float) -> None:
+        super().__init__()
+        self.modalities = tuple(modalities)
+        self.head = Head(d_in=len(self.modalities) * d, d=d, n_outputs=n_outputs, dropout=dropout)
+
+    def forward(self, encoded: dict[str, Encoded], present: dict[str, Tensor], batch: Batch, *,
+                ablate: frozenset[str] = frozenset()) -> ModelOutput:
+        fused = torch.cat([encoded[m].h for m in self.modalities], dim=-1)           # (B, [T,] M*d)
+        return ModelOutput(to_logits(self.head(fused.reshape(-1, fused.shape[-1])), batch), {"losses": {}})
+
+
+class LateFusion(nn.Module):
+    """`late`: one head per modality; logits averaged with learned softmax weights over the
+    present modalities (absent ones weigh exactly 0; a unit with none present uses all)."""
+
+    def __init__(self, *, modalities: tuple[str, ...], d: int, n_outputs: int, dropout: float) -> None:
+        super().__init__()
+        self.modalities = tuple(modalities)
+        self.heads = nn.ModuleDict({m: Head(d_in=d, d=d, n_outputs=n_outputs, dropout=dropout) for m in self.modalities})
+        self.weight = nn.Parameter(torch.zeros(len(self.modalities)))
+
+    def forward(self, encoded: dict[str, Encoded], present: dict[str, Tensor], batch: Batch, *,
+                ablate: frozenset[str] = frozenset()) -> ModelOutput:
+        names = self.modalities
+        per_modality = torch.stack([self.heads[m](encoded[m].h.reshape(-1, encoded[m].h.shape[-1])) for m in names], 1)  # (U, M, C)
+        here = torch.stack([present[m].reshape(-1) for m in names], dim=1)           # (U, M)
+        here = here | ~here.any(1, keepdim=True)
+        weights = torch.softmax(self.weight.expand_as(here).masked_fill(~here, float("-inf")), dim=-1)   # (U, M)
+        fused = (weights.unsqueeze(-1) * per_modality).sum(1)                        # (U, C)
+        aux = {"losses": {}, "gates": weights[batch.valid.reshape(-1)].detach(), "gate_names": list(names)}
+        return ModelOutput(to_logits(fused, batch), aux)
+
+
+class CoAttentionFusion(nn.Module):
+    """`coattn`: pairwise cross-modal attention between the modalities' token sequences.
+
+    u_a = tokens_a + mean_{b != a} Attn_ab(LN(tokens_a), LN(tokens_b)); u_a += MLP(LN(u_a));
+    then pooling: per step for EdNet (attention to steps of the same or earlier bundles
+    only, so nothing answered later leaks), masked mean over tokens for OULAD; fused =
+    mean over modalities -> head.
+    """
+
+    def __init__(self, *, modalities: tuple[str, ...], d: int, n_heads: int, n_outputs: int, dropout: float,
+                 per_step: bool) -> None:
+        super().__init__()
+        self.modalities = tuple(modalities)
+        self.per_step = per_step
+        self.norm = nn.ModuleDict({m: nn.LayerNorm(d) for m in self.modalities})
+        self.cross = nn.ModuleDict({f"{a}->{b}": Attention(d=d, n_heads=n_heads, dropout=dropout)
+                                    for a, b in permutations(self.modalities, 2)})
+        self.mlp = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), FeedForward(d=d, hidden=4 * d, dropout=dropout))
+                                  for m in self.modalities})
+        self.head = Head(d_in=d, d=d, n_outputs=n_outputs, dropout=dropout)
+
+    def forward(self, encoded: dict[str, Encoded], present: dict[str, Tensor], batch: Batch, *,
+                ablate: frozenset[str] = frozenset()) -> ModelOutput:
+        names = self.modalities
+        normed = {m: self.norm[m](encoded[m].tokens) for m in names}                 # (B, L_m, d)
+        if self.per_step:
+            steps = same_or_earlier_bundles(batch.context["bundle_group"], batch.valid)   # (B, T, T)
+        pooled = []
+        for a in names:
+            u = encoded[a].tokens
+            others = [b for b in names if b != a]
+            if others:
+                u = u + torch.stack([
+                    self.cross[f"{a}->{b}"](normed[a], normed[b], steps if self.per_step else encoded[b].token_mask.unsqueeze(1))
+                    for b in others
+                ]).mean(0)
+            u = u + self.mlp[a](u)                                                   # (B, L_a, d)
+            if not self.per_step:
+                mask = encoded[a].token_mask.unsqueeze(-1).to(u.dtype)
+                u = (u * mask).sum(1) / mask.sum(1)                                 # (B, d); summary token always in
+            pooled.append(u)
+        fused = torch.stack(pooled).mean(0)                                          # (B, [T,] d)
+        return ModelOutput(to_logits(self.head(fused.reshape(-1, fused.shape[-1])), batch), {"losses": {}})
+
+
+class EarlyFusionEdNet(nn.Module):
+    """`early` for EdNet: the modalities' per-step input embeddings are summed (a linear map
+    of their concatenation) and fed to ONE causal encoder, then the head. An absent
+    modality's inputs are replaced by its learned absent token."""
+
+    def __init__(self, *, inputs: dict[str, nn.Module], core: nn.Module, d: int, n_outputs: int, dropout: float,
+                 modality_dropout: float) -> None:
+        super().__init__()
+        self.inputs = nn.ModuleDict(inputs)
+        self.core = core
+        self.absent = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m in inputs})
+        self.head = Head(d_in=d, d=d, n_outputs=n_outputs, dropout=dropout)
+        self.modality_dropout = modality_dropout
+        for token in self.absent.values():
+            nn.init.normal_(token, std=0.02)
+
+    def forward(self, batch: Batch, *, ablate: frozenset[str] = frozenset()) -> ModelOutput:
+        present = effective_presence(batch, tuple(self.inputs), training=self.training, p=self.modality_dropout)
+        query = memory = 0.0
+        for m, view_of in self.inputs.items():
+            view, here = view_of(batch), present[m].unsqueeze(-1)                   # View (B, T, d) x2, (B, T, 1)
+            query = query + torch.where(here, view.query, self.absent[m])
+            memory = memory + torch.where(here, view.memory, self.absent[m])
+        h = self.core(View(query, memory), batch.context["response"], batch.context["bundle_group"], batch.valid)
+        return ModelOutput(to_logits(self.head(h.reshape(-1, h.shape[-1])), batch), {"losses": {}})
+
+
+class EarlyFusionOulad(nn.Module):
+    """`early` for OULAD: all modalities' tokens in ONE sequence for one SetEncoder.
+
+    Each modality's tokens carry its learned marker (a type embedding) and are led by the
+    marker token, or, for an absent modality, by its absent token alone.
+    """
+
+    def __init__(self, *, inputs: dict[str, nn.Module], core: nn.Module, d: int, n_outputs: int, dropout: float,
+                 modality_dropout: float) -> None:
+        super().__init__()
+        self.inputs = nn.ModuleDict(inputs)
+        self.core = core
+        self.marker = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m in inputs})
+        self.absent = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m in inputs})
+        self.head = Head(d_in=d, d=d, n_outputs=n_outputs, dropout=dropout)
+        self.modality_dropout = modality_dropout
+        for token in [*self.marker.values(), *self.absent.values()]:
+            nn.init.normal_(token, std=0.02)
+
+    def forward(self, batch: Batch, *, ablate: frozenset[str] = frozenset()) -> ModelOutput:
+        present = effective_presence(batch, tuple(self.inputs), training=self.training, p=self.modality_dropout)
+        xs, masks = [], []
+        for m, tokens_of in self.inputs.items():
+            tokens, here = tokens_of(batch), present[m]                             # Tokens (B, L, d), (B,)
+            lead = torch.where(here.unsqueeze(-1), self.marker[m], self.absent[m]).unsqueeze(1)   # (B, 1, d)
+            xs += [lead, tokens.x + self.marker[m]]
+            masks += [here.new_ones(here.shape[0], 1), tokens.mask & here.unsqueeze(1)]
+        summary, _, _ = self.core(Tokens(torch.cat(xs, dim=1), torch.cat(masks, dim=1)))   # (B, d)
+        return ModelOutput(to_logits(self.head(summary), batch), {"losses": {}})
+
+
+EARLY: dict[str, type[nn.Module]] = {"ednet": EarlyFusionEdNet, "oulad": EarlyFusionOulad}

@@ -1,0 +1,154 @@
+"""Losses of DSRSD-Net (DESIGN §6), as pure functions with explicit masks.
+
+Every function takes the rows to use as a bool mask (or a presence dict) and indexes
+them out before computing anything, so padded or absent rows (whatever they hold)
+never change a loss. The auxiliary losses run in float32 even inside a bf16 autocast
+region (covariances and temperatures are poor in bf16). A loss with too few rows to be
+defined is 0 (and carries no gradient).
+"""
+
+from __future__ import annotations
+
+from itertools import combinations, permutations
+from typing import Callable, Mapping
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dsrsd_cli.config import LossConfig
+
+AUX_LOSSES = ("infonce", "regression", "decorrelation", "orthogonality")
+
+
+def _float32(loss):
+    """Run `loss` with autocast off on the device of its first tensor argument."""
+    @functools.wraps(loss)
+    def run(first, *args, **kwargs):
+        like = first if isinstance(first, Tensor) else next(iter(first.values()))
+        with torch.autocast(like.device.type, enabled=False):
+            return loss(first, *args, **kwargs)
+    return run
+
+
+def _zero(like: Tensor) -> Tensor:
+    return like.new_zeros((), dtype=torch.float32)
+
+
+def _mean(terms: list[Tensor], like: Tensor) -> Tensor:
+    return torch.stack(terms).mean() if terms else _zero(like)
+
+
+@_float32
+def info_nce(z: Mapping[str, Tensor], present: Mapping[str, Tensor], tau: float) -> Tensor:
+    """Symmetric InfoNCE between every pair of modalities (mean over pairs).
+
+    z: modality -> (N, k); present: modality -> (N,) bool. For a pair (a, b), only rows
+    where both are present count; row i of a and row i of b are the positive pair, the
+    other rows are negatives. Cosine similarity / tau.
+    """
+    terms = []
+    for a, b in combinations(sorted(z), 2):
+        rows = present[a] & present[b]
+        if int(rows.sum()) < 2:
+            continue
+        za = F.normalize(z[a][rows].float(), dim=-1)         # (n, k)
+        zb = F.normalize(z[b][rows].float(), dim=-1)
+        logits = za @ zb.T / tau                              # (n, n)
+        target = torch.arange(logits.shape[0], device=logits.device)
+        terms.append(0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)))
+    return _mean(terms, next(iter(z.values())))
+
+
+@_float32
+def regression_alignment(
+    z: Mapping[str, Tensor],
+    present: Mapping[str, Tensor],
+    predictors: Mapping[tuple[str, str], Callable[[Tensor], Tensor]],
+) -> Tensor:
+    """Mean over ordered pairs (a, b) of ||n(P_ab(z_a)) - n(sg(z_b))||^2 (= 2 - 2 cos).
+
+    predictors[(a, b)] maps z_a (n, k) -> (n, k); the target z_b is not differentiated
+    (stop-gradient, as in BYOL), n() is L2 normalisation. Rows where both are present.
+    """
+    terms = []
+    for a, b in permutations(sorted(z), 2):
+        rows = present[a] & present[b]
+        if not bool(rows.any()):
+            continue
+        predicted = F.normalize(predictors[(a, b)](z[a][rows].float()), dim=-1)   # (n, k)
+        target = F.normalize(z[b][rows].detach().float(), dim=-1)
+        terms.append((predicted - target).pow(2).sum(-1).mean())
+    return _mean(terms, next(iter(z.values())))
+
+
+@_float32
+def decorrelation(z: Tensor, mask: Tensor) -> Tensor:
+    """VICReg covariance + variance terms of z (N, k) over the rows where mask (N,) is True.
+
+    sum of squared off-diagonal covariances of the centred z / k, plus the mean of
+    relu(1 - std) per dimension (the hinge that keeps the space from collapsing).
+    """
+    x = z[mask].float()                                   # (n, k)
+    n, k = x.shape
+    if n < 2:
+        return _zero(z)
+    x = x - x.mean(0)
+    cov = x.T @ x / (n - 1)                               # (k, k)
+    off_diagonal = cov - torch.diag(torch.diagonal(cov))
+    std = torch.sqrt(torch.diagonal(cov) + 1e-4)
+    return off_diagonal.pow(2).sum() / k + F.relu(1.0 - std).mean()
+
+
+@_float32
+def orthogonality(s: Tensor, p: Tensor, mask: Tensor) -> Tensor:
+    """MISA's DiffLoss: mean squared entry of the cross-correlation of s and p.
+
+    s (N, d1), p (N, d2): rows where mask (N,) is True are centred over the batch, then
+    each row is L2-normalised; loss = mean((s^T p)^2) over the (d1, d2) entries.
+    """
+    s, p = s[mask].float(), p[mask].float()
+    if s.shape[0] < 2:
+        return _zero(s)
+    s = F.normalize(s - s.mean(0), dim=-1, eps=1e-6)
+    p = F.normalize(p - p.mean(0), dim=-1, eps=1e-6)
+    return (s.T @ p).pow(2).mean()
+
+
+def task_loss(logits: Tensor, target: Tensor, mask: Tensor, n_outputs: int) -> Tensor:
+    """Mean loss over the scored positions (mask True).
+
+    n_outputs == 1: BCE-with-logits; logits like target ((B, T) or (B,)), target 0/1.
+    n_outputs > 1: cross-entropy; logits (…, C), target class indices (…).
+    """
+    logits, target = logits[mask].float(), target[mask]
+    if logits.shape[0] == 0:
+        return logits.sum()                               # 0, still attached to the graph
+    if n_outputs == 1:
+        return F.binary_cross_entropy_with_logits(logits, target.float())
+    return F.cross_entropy(logits, target.long())
+
+
+def combine(task: Tensor, aux_losses: Mapping[str, Tensor], loss_cfg: LossConfig) -> tuple[Tensor, dict[str, float]]:
+    """total = task + λ_align (infonce + μ regression) + λ_dec decorrelation + λ_orth orthogonality.
+
+    aux_losses: the model's aux["losses"] (unweighted; baselines give none). Returns the
+    total and its unweighted parts as floats (for logs), with "task" and "total".
+    """
+    unknown = set(aux_losses) - set(AUX_LOSSES)
+    if unknown:
+        raise ValueError(f"unknown auxiliary losses {sorted(unknown)}; expected some of {AUX_LOSSES}")
+    zero = _zero(task)
+    get = lambda name: aux_losses.get(name, zero)  # noqa: E731
+    total = (
+        task
+        + loss_cfg.lambda_align * (get("infonce") + loss_cfg.mu_reg * get("regression"))
+        + loss_cfg.lambda_dec * get("decorrelation")
+        + loss_cfg.lambda_orth * get("orthogonality")
+    )
+    parts = {"task": float(task.detach())}
+    parts.update({name: float(value.detach()) for name, value in aux_losses.items()})
+    parts["total"] = float(total.detach())
+    return total, parts

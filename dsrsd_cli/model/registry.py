@@ -1,0 +1,108 @@
+"""Model registry (DESIGN §4): model name -> builder. `dsrsd train --model NAME` picks one.
+
+A builder composes encoders (encoders.py) and a fusion (fusion.py) for a DataSpec, so
+every baseline shares DSRSD-Net's encoder classes and sizes. A family with variants,
+like `single:<modality>`, registers once with a function listing its variants.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from torch import nn
+
+from dsrsd_cli.config import LossConfig, ModelConfig
+from dsrsd_cli.errors import BadInput
+from dsrsd_cli.model.encoders import build_core, build_encoder, build_inputs
+from dsrsd_cli.model.fusion import (
+    EARLY, CoAttentionFusion, ConcatFusion, DSRSDFusion, LateFusion, MultimodalModel,
+)
+from dsrsd_cli.types import DataSpec
+
+Builder = Callable[[DataSpec, ModelConfig, LossConfig, "str | None"], nn.Module]
+_REGISTRY: dict[str, tuple[Builder, Callable[[DataSpec], Sequence[str]] | None]] = {}
+
+
+def register(name: str, *, variants: Callable[[DataSpec], Sequence[str]] | None = None):
+    """Decorator: register `builder(spec, model_cfg, loss_cfg, variant)` under `name`.
+
+    With `variants`, the names are f"{name}:{v}" for v in variants(spec).
+    """
+    def decorate(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = (builder, variants)
+        return builder
+    return decorate
+
+
+def model_names(spec: DataSpec) -> list[str]:
+    """Every model name valid for this data, e.g. dsrsd, early, ..., single:item."""
+    names: list[str] = []
+    for name, (_, variants) in _REGISTRY.items():
+        names += [name] if variants is None else [f"{name}:{v}" for v in variants(spec)]
+    return names
+
+
+def build_model(spec: DataSpec, model_cfg: ModelConfig, loss_cfg: LossConfig) -> nn.Module:
+    """The model named by model_cfg.name, sized for `spec`. Unknown name -> BadInput."""
+    valid = model_names(spec)
+    if model_cfg.name not in valid:
+        raise BadInput(f"unknown model {model_cfg.name!r} for {spec.dataset}; choose one of {', '.join(valid)} "
+                       "(--model or --set model.name=...)")
+    if model_cfg.d_model % model_cfg.n_heads:
+        raise BadInput(f"model.d_model = {model_cfg.d_model} is not divisible by model.n_heads = {model_cfg.n_heads}")
+    family, _, variant = model_cfg.name.partition(":")
+    builder, _ = _REGISTRY[family]
+    return builder(spec, model_cfg, loss_cfg, variant or None)
+
+
+def _multimodal(spec: DataSpec, cfg: ModelConfig, fusion: nn.Module, modalities: Sequence[str]) -> MultimodalModel:
+    encoders = {m: build_encoder(spec, m, cfg) for m in modalities}
+    return MultimodalModel(encoders=encoders, fusion=fusion, d=cfg.d_model, modality_dropout=cfg.modality_dropout)
+
+
+@register("dsrsd")
+def _dsrsd(spec: DataSpec, cfg: ModelConfig, loss: LossConfig, variant: str | None) -> nn.Module:
+    fusion = DSRSDFusion(
+        modalities=spec.modalities, d=cfg.d_model, k=cfg.k_shared, n_outputs=spec.n_outputs, dropout=cfg.dropout,
+        aux_rows=loss.aux_rows, tau=loss.tau, orth_private_pairs=loss.orth_private_pairs,
+    )
+    return _multimodal(spec, cfg, fusion, spec.modalities)
+
+
+@register("early")
+def _early(spec: DataSpec, cfg: ModelConfig, loss: LossConfig, variant: str | None) -> nn.Module:
+    core = build_core(spec, cfg)
+    return EARLY[spec.dataset](
+        inputs={m: build_inputs(spec, m, d=cfg.d_model) for m in spec.modalities}, core=core, d=cfg.d_model,
+        n_outputs=spec.n_outputs, dropout=cfg.dropout, modality_dropout=cfg.modality_dropout,
+    )
+
+
+@register("late")
+def _late(spec: DataSpec, cfg: ModelConfig, loss: LossConfig, variant: str | None) -> nn.Module:
+    fusion = LateFusion(modalities=spec.modalities, d=cfg.d_model, n_outputs=spec.n_outputs, dropout=cfg.dropout)
+    return _multimodal(spec, cfg, fusion, spec.modalities)
+
+
+@register("concat")
+def _concat(spec: DataSpec, cfg: ModelConfig, loss: LossConfig, variant: str | None) -> nn.Module:
+    fusion = ConcatFusion(modalities=spec.modalities, d=cfg.d_model, n_outputs=spec.n_outputs, dropout=cfg.dropout)
+    return _multimodal(spec, cfg, fusion, spec.modalities)
+
+
+@register("coattn")
+def _coattn(spec: DataSpec, cfg: ModelConfig, loss: LossConfig, variant: str | None) -> nn.Module:
+    fusion = CoAttentionFusion(
+        modalities=spec.modalities, d=cfg.d_model, n_heads=cfg.n_heads, n_outputs=spec.n_outputs,
+        dropout=cfg.dropout, per_step=spec.dataset == "ednet",
+    )
+    return _multimodal(spec, cfg, fusion, spec.modalities)
+
+
+@register("single", variants=lambda spec: spec.modalities)
+def _single(spec: DataSpec, cfg: ModelConfig, loss: LossConfig, variant: str | None) -> nn.Module:
+    """One modality's encoder + head; the other modalities are ignored (SAKT-like for single:item)."""
+    fusion = ConcatFusion(modalities=(variant,), d=cfg.d_model, n_outputs=spec.n_outputs, dropout=cfg.dropout)
+    return _multimodal(spec, cfg, fusion, (variant,))

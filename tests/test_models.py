@@ -1,0 +1,336 @@
+"""Every registered model on fake batches of both datasets: shapes, gradients, absent
+modalities, DSRSD gates and auxiliary losses, and the EdNet leakage rules (DESIGN §6)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dsrsd_cli.config import LossConfig, ModelConfig
+from dsrsd_cli.data.schema import BEHAVIOR_FEATURES
+from dsrsd_cli.errors import BadInput
+from dsrsd_cli.model import build_model, model_names
+from dsrsd_cli.model.fusion import drop_modalities
+from dsrsd_cli.model.losses import AUX_LOSSES, task_loss
+from model_fakes import ednet_batch, ednet_spec, oulad_batch, oulad_spec
+
+SMALL = {"d_model": 16, "k_shared": 8, "n_heads": 2}
+SPECS = {"ednet": ednet_spec(), "oulad": oulad_spec(), "oulad-result4": oulad_spec(n_outputs=4)}
+BATCHES = {"ednet": ednet_batch, "oulad": oulad_batch, "oulad-result4": oulad_batch}
+CASES = [(data, name) for data, spec in SPECS.items() for name in model_names(spec)]
+EDNET_NAMES = model_names(SPECS["ednet"])
+POST = [i for i, (_, kind) in enumerate(BEHAVIOR_FEATURES) if kind == "post"]
+
+# Parameters that legitimately get no gradient from a batch in which every modality is
+# present somewhere: `late` averages the per-modality logits over PRESENT modalities only,
+# so an absent token reaches its output only for a unit with no modality at all.
+NO_GRADIENT = {"late": {"absent.item", "absent.content", "absent.behavior",
+                        "absent.demographics", "absent.clicks", "absent.assessments"}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is fastest, and the test machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(spec, name: str, *, loss: LossConfig | None = None, **model):
+    torch.manual_seed(0)
+    return build_model(spec, ModelConfig(name=name, **{**SMALL, **model}), loss or LossConfig())
+
+
+def fake(data: str, **kwargs):
+    return SPECS[data], BATCHES[data](SPECS[data], **kwargs)
+
+
+def finite(x: torch.Tensor) -> bool:
+    return bool(torch.isfinite(x).all())
+
+
+def test_model_names():
+    assert model_names(SPECS["ednet"]) == ["dsrsd", "early", "late", "concat", "coattn",
+                                           "single:item", "single:content", "single:behavior"]
+    assert model_names(SPECS["oulad"]) == ["dsrsd", "early", "late", "concat", "coattn",
+                                           "single:demographics", "single:clicks", "single:assessments"]
+
+
+@pytest.mark.parametrize("name", ["transformer", "single:clicks", "single", "dsrsd:item"])
+def test_unknown_model_is_bad_input_listing_valid_names(name):
+    with pytest.raises(BadInput, match="choose one of dsrsd, early, late, concat, coattn, single:item"):
+        build(SPECS["ednet"], name)
+
+
+def test_bad_sizes_are_bad_input():
+    with pytest.raises(BadInput, match="divisible"):
+        build(SPECS["ednet"], "dsrsd", d_model=18, n_heads=4)
+
+
+@pytest.mark.parametrize("data,name", CASES)
+def test_forward_backward_reaches_every_parameter(data, name):
+    spec, batch = fake(data)
+    model = build(spec, name, modality_dropout=0.0).train()
+    out = model(batch)
+    expected_shape = tuple(batch.valid.shape) + ((spec.n_outputs,) if spec.n_outputs > 1 else ())
+    assert tuple(out.logits.shape) == expected_shape
+    assert finite(out.logits)
+    aux = out.aux["losses"]
+    assert set(aux) == (set(AUX_LOSSES) if name == "dsrsd" else set())
+    assert all(finite(v) and v.dim() == 0 for v in aux.values())
+
+    loss = task_loss(out.logits, batch.target, batch.mask, spec.n_outputs) + sum(aux.values())
+    loss.backward()
+    silent = {n for n, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)}
+    assert silent == NO_GRADIENT.get(name, set()) & {n for n, _ in model.named_parameters()}
+    assert all(finite(p.grad) for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("data,name", CASES)
+def test_absent_modalities_work_and_give_no_nan(data, name):
+    spec, batch = fake(data)
+    model = build(spec, name)
+    for missing in [(m,) for m in spec.modalities] + [tuple(spec.modalities)]:   # each one, then all (explain's empty set)
+        masked = batch.without(*missing)
+        model.eval()
+        out = model(masked)
+        assert finite(out.logits), missing
+        if name == "dsrsd":
+            gates = out.aux["gates"]                                              # (N_valid, 1 + M)
+            for m in missing:
+                assert torch.equal(gates[:, 1 + spec.modalities.index(m)], torch.zeros(gates.shape[0]))
+            assert torch.allclose(gates.sum(-1), torch.ones(gates.shape[0]))
+        model.train()
+        out = model(masked)
+        loss = task_loss(out.logits, masked.target, masked.mask, spec.n_outputs) + sum(out.aux["losses"].values())
+        loss.backward()
+        assert finite(loss)
+        assert all(finite(p.grad) for p in model.parameters() if p.grad is not None)
+        model.zero_grad()
+
+
+@pytest.mark.parametrize("data", ["ednet", "oulad"])
+def test_dsrsd_gate_weights_of_absent_units_are_exactly_zero(data):
+    spec, batch = fake(data)
+    out = build(spec, "dsrsd").eval()(batch)
+    gates, valid = out.aux["gates"], batch.valid
+    assert out.aux["gate_names"] == ["consensus", *spec.modalities]
+    for i, m in enumerate(spec.modalities):
+        absent = ~batch.present[m][valid]
+        assert bool(absent.any()) and bool((~absent).any())                       # the fake has both kinds
+        assert torch.equal(gates[absent, 1 + i], torch.zeros(int(absent.sum())))
+        assert bool((gates[~absent, 1 + i] > 0).all())
+
+
+def _ednet_target_step(batch) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(bundle g, its steps, steps of bundle g-1) in row 0: a bundle of >= 2 questions with
+    bundles before and after it."""
+    group = batch.context["bundle_group"][0]
+    last = int(group.max())
+    for g in range(2, last):
+        steps = (group == g).nonzero().squeeze(1)
+        if steps.numel() >= 2:
+            return g, steps, (group == g - 1).nonzero().squeeze(1)
+    raise AssertionError("fake batch has no multi-question bundle in the middle")
+
+
+def _loud(model: torch.nn.Module) -> torch.nn.Module:
+    """Large random weights: the rules are structural, and large weights make any
+    violation (and the legitimate dependence on earlier steps) far above 1e-6."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3).requires_grad_(False)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", EDNET_NAMES)
+def test_ednet_no_leakage_from_the_answer_or_later_steps(name):
+    spec = SPECS["ednet"]
+    batch = ednet_batch(spec, batch_size=3, seed=1)
+    batch.present = {m: batch.valid.clone() for m in spec.modalities}          # an absent unit would not move at all
+    model = _loud(build(spec, name))
+    g, bundle, earlier = _ednet_target_step(batch)
+    group = batch.context["bundle_group"][0]
+    known = group <= g                                                            # steps whose logit may not move
+    base = model(batch).logits[0].detach()
+
+    def logits_after(change) -> torch.Tensor:
+        changed = copy.deepcopy(batch)
+        change(changed)
+        return model(changed).logits[0].detach()
+
+    def flip_responses(steps):
+        def change(b):
+            response = b.context["response"]
+            response[0, steps] = 1 - response[0, steps]
+        return change
+
+    def change_post(steps):
+        def change(b):
+            behavior = b.inputs["behavior"]
+            for i in POST:
+                behavior["num"][0, steps, i] = torch.nan_to_num(behavior["num"][0, steps, i]) + 5.0
+                behavior["num_present"][0, steps, i] = True
+        return change
+
+    later = (group > g).nonzero().squeeze(1)
+    for what, change in [("later responses", flip_responses(later)),
+                         ("responses of the same bundle", flip_responses(bundle)),
+                         ("post features of the bundle", change_post(bundle))]:
+        moved = (logits_after(change) - base).abs()[known]
+        assert float(moved.max()) <= 1e-6, f"{name}: {what} reached the logits of steps that may not see them"
+
+    # ... while the previous bundle's response does reach them (so this test can fail)
+    assert float((logits_after(flip_responses(earlier)) - base).abs()[bundle].min()) > 1e-5
+    if name not in ("single:item", "single:content"):
+        assert float((logits_after(change_post(earlier)) - base).abs()[bundle].min()) > 1e-5
+
+
+@pytest.mark.parametrize("name", EDNET_NAMES)
+def test_ednet_padding_never_reaches_real_steps(name):
+    spec = SPECS["ednet"]
+    batch = ednet_batch(spec, batch_size=4, seed=2)
+    model = _loud(build(spec, name))
+    pad = ~batch.valid
+    assert bool(pad.any())
+    noisy = copy.deepcopy(batch)
+    noisy.context["response"][pad] = 1
+    noisy.inputs["item"]["question"][pad] = 7
+    noisy.inputs["behavior"]["num"][pad] = 1e3
+    noisy.inputs["behavior"]["num_present"][pad] = True
+    base, out = model(batch), model(noisy)
+    assert float((out.logits - base.logits).abs()[batch.valid].max()) <= 1e-6
+
+
+@pytest.mark.parametrize("name", model_names(SPECS["oulad"]))
+def test_oulad_values_after_the_cutoff_never_reach_the_logits(name):
+    spec, batch = fake("oulad")
+    model = _loud(build(spec, name))
+    noisy = copy.deepcopy(batch)
+    clicks, assessments = noisy.inputs["clicks"], noisy.inputs["assessments"]
+    clicks["weeks"][~clicks["week_mask"]] = 1e3
+    assessments["num"][~assessments["seq_mask"]] = torch.nan
+    assessments["type"][~assessments["seq_mask"]] = 3
+    assert torch.equal(model(noisy).logits, model(batch).logits)
+
+
+def test_dsrsd_aux_losses_ignore_padded_and_absent_rows():
+    spec = SPECS["ednet"]
+    batch = ednet_batch(spec, batch_size=4, seed=3)
+    model = build(spec, "dsrsd", loss=LossConfig(aux_rows=24)).eval()
+    out = model(batch)
+    rows = out.aux["aux_rows"]
+    assert rows.numel() == 24 and bool(batch.valid.reshape(-1)[rows].all())
+    for m in spec.modalities:
+        assert torch.equal(out.aux["aux_present"][m], batch.present[m].reshape(-1)[rows])
+        assert out.aux["shared"][m].shape == (24, SMALL["k_shared"]) == out.aux["private"][m].shape
+
+    # garbage on padding: identical losses
+    noisy = copy.deepcopy(batch)
+    noisy.context["response"][~batch.valid] = 1
+    noisy.inputs["item"]["question"][~batch.valid] = 5
+    same = model(noisy).aux["losses"]
+    assert all(torch.equal(same[k], out.aux["losses"][k]) for k in AUX_LOSSES)
+
+    # the absent token is what absent units carry; the aux losses never see it ...
+    with torch.no_grad():
+        for token in model.absent.values():
+            token.add_(3.0)
+    moved = model(batch)
+    assert all(torch.equal(moved.aux["losses"][k], out.aux["losses"][k]) for k in AUX_LOSSES)
+    # ... though the fusion does (the gate reads every stream to weigh the present ones)
+    assert not torch.equal(moved.logits, out.logits)
+
+    # training samples a random subset, evaluation an evenly spaced one
+    model.train()
+    torch.manual_seed(0)
+    train_rows = model(batch).aux["aux_rows"]
+    assert train_rows.numel() == 24 and bool(batch.valid.reshape(-1)[train_rows].all())
+    assert not torch.equal(train_rows, rows)
+
+
+def test_dsrsd_ablate_removes_streams():
+    spec = SPECS["ednet"]
+    batch = ednet_batch(spec, batch_size=3, seed=4)
+    model = build(spec, "dsrsd").eval()
+    base = model(batch)
+    private = model(batch, ablate=frozenset({"item.private"}))
+    assert torch.equal(private.aux["gates"][:, 1], torch.zeros(private.aux["gates"].shape[0]))
+    assert not torch.equal(private.logits, base.logits)
+    shared = model(batch, ablate=frozenset({"item.shared"}))
+    assert not torch.equal(shared.logits, base.logits)
+    assert torch.equal(shared.aux["losses"]["infonce"], base.aux["losses"]["infonce"])   # losses do not change
+    everything = frozenset(f"{m}.{s}" for m in spec.modalities for s in ("shared", "private"))
+    nothing = model(batch, ablate=everything)
+    assert finite(nothing.logits) and torch.equal(nothing.aux["gates"][:, 0], torch.ones(nothing.aux["gates"].shape[0]))
+    with pytest.raises(BadInput, match="cannot ablate"):
+        model(batch, ablate=frozenset({"clicks.shared"}))
+    for name in ("concat", "early", "coattn"):                                # baselines ignore it
+        baseline = build(spec, name).eval()
+        assert torch.equal(baseline(batch, ablate=frozenset({"item.private"})).logits, baseline(batch).logits)
+
+
+def test_modality_dropout_never_hides_all_of_a_units_modalities():
+    g = torch.Generator().manual_seed(0)
+    present = {m: torch.rand(200, 12, generator=g) < 0.8 for m in ("a", "b", "c")}
+    torch.manual_seed(0)
+    kept = drop_modalities(present, 0.6)
+    had = torch.stack(list(present.values()), -1)
+    now = torch.stack(list(kept.values()), -1)
+    assert bool((now <= had).all())                                              # only hides
+    assert bool(now.any(-1)[had.any(-1)].all())                                   # never all of a unit's
+    hidden = (had & ~now).sum() / had.sum()
+    assert 0.2 < float(hidden) < 0.6
+    # a row is hidden as a whole: where a row lost a modality, it lost it at every step that
+    # had it, except steps restored whole because hiding would have left them nothing
+    restored = (now == had).all(-1)
+    for i in range(had.shape[-1]):
+        lost = had[..., i] & ~now[..., i]
+        rows = lost.any(1)
+        assert bool((lost | ~had[..., i] | restored)[rows].all())
+    single = {"a": present["a"]}
+    assert drop_modalities(single, 0.9) is single                                # one modality: never hidden
+
+
+@pytest.mark.parametrize("data,name", CASES)
+def test_models_are_deterministic_in_eval_and_roundtrip_through_safetensors(data, name, tmp_path):
+    spec, batch = fake(data)
+    model = build(spec, name, modality_dropout=0.5).eval()
+    first = model(batch).logits
+    assert torch.equal(first, model(batch).logits)
+    save_file(model.state_dict(), tmp_path / "model.safetensors")
+    clone = build(spec, name)
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.zero_()
+    clone.load_state_dict(load_file(tmp_path / "model.safetensors"))
+    assert torch.equal(clone.eval()(batch).logits, first)
+
+
+def test_training_with_modality_dropout_runs():
+    spec, batch = fake("ednet")
+    model = build(spec, "dsrsd", modality_dropout=0.9).train()
+    for _ in range(3):
+        out = model(batch)
+        loss = task_loss(out.logits, batch.target, batch.mask, 1) + sum(out.aux["losses"].values())
+        loss.backward()
+        assert finite(loss)
+
+
+@pytest.mark.parametrize("data,name", [case for case in CASES if case[0] != "oulad-result4"])
+def test_bf16_autocast_gives_float32_logits_and_losses(data, name):
+    """The trainer autocasts to bf16 on CUDA; CPU autocast exercises the same dtype mixing."""
+    spec, batch = fake(data)
+    model = build(spec, name).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+        loss = task_loss(out.logits, batch.target, batch.mask, spec.n_outputs) + sum(out.aux["losses"].values())
+    assert out.logits.dtype == torch.float32
+    assert all(v.dtype == torch.float32 for v in out.aux["losses"].values())
+    loss.backward()
+    assert finite(loss) and all(finite(p.grad) for p in model.parameters() if p.grad is not None)

@@ -1,0 +1,373 @@
+"""The run folder (DESIGN §7): its layout, writing its weights and state, loading it back safely.
+
+A run folder is UNTRUSTED input: someone may hand you one. So loading it never unpickles:
+  config.json        parsed and validated with pydantic (RunConfig, DataSpec, data reference);
+  model.safetensors  read with safetensors (a flat header + raw tensor bytes, no code);
+  state/state.pt     read with torch.load(weights_only=True), which only rebuilds tensors
+                     and plain containers and refuses any other global (e.g. a __reduce__
+                     that would run a command).
+Anything else is refused with a one-line BadInput before a byte of it is interpreted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from dsrsd_cli.config import RunConfig, validate_config
+from dsrsd_cli.data.loader import Prepared, make_spec, open_prepared
+from dsrsd_cli.data.schema import OULAD_RESULTS
+from dsrsd_cli.errors import BadInput
+from dsrsd_cli.io import atomic_write_bytes, read_json
+from dsrsd_cli.model.registry import build_model
+from dsrsd_cli.types import Batch, DataSpec
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = Path("state") / "state.pt"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.parquet"
+LOG_FILE = "log.txt"
+
+
+# ---------------------------------------------------------------- config.json
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SpecRecord(_Frozen):
+    """DataSpec as stored in config.json (validated before it sizes a model)."""
+
+    dataset: str
+    modalities: tuple[str, ...]
+    n_outputs: int
+    vocab: dict[str, int] = {}
+    cat_sizes: tuple[int, ...] = ()
+    dims: dict[str, int] = {}
+    max_len: int = 0
+    target: str = "correct"
+
+
+class DataRecord(_Frozen):
+    path: str
+    manifest_hash: str
+    dataset: str
+
+
+class RunRecord(BaseModel):
+    """The top level of config.json. Extra informative keys are kept but not trusted."""
+
+    model_config = ConfigDict(extra="allow")
+
+    config: dict[str, Any]
+    spec: SpecRecord
+    data: DataRecord
+    tool_version: str
+    created: str
+
+
+def spec_to_dict(spec: DataSpec) -> dict[str, Any]:
+    return dataclasses.asdict(spec)
+
+
+def spec_from_dict(raw: dict[str, Any]) -> DataSpec:
+    return DataSpec(**SpecRecord.model_validate(raw).model_dump())
+
+
+@dataclass
+class RunInfo:
+    run_dir: Path
+    cfg: RunConfig
+    spec: DataSpec
+    data: DataRecord
+    record: dict[str, Any]          # the whole config.json, for display
+
+
+def read_run_info(run_dir: str | Path) -> RunInfo:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise BadInput(f"{run_dir}: not a run folder (it does not exist); give a folder written by `dsrsd train`")
+    path = run_dir / CONFIG_FILE
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: expected a JSON object written by `dsrsd train`")
+    try:
+        record = RunRecord.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise BadInput(f"{path}: key {key!r} is invalid ({err['msg']}); the folder was not written by `dsrsd train` or was edited") from None
+    cfg = validate_config(record.config, where=str(path))
+    spec = spec_from_dict(raw["spec"])
+    return RunInfo(run_dir=run_dir, cfg=cfg, spec=spec, data=record.data, record=raw)
+
+
+# ---------------------------------------------------------------- weights and state
+
+def save_weights(model: nn.Module, path: str | Path) -> None:
+    """Best weights as safetensors, written atomically. Tied tensors are stored once per name."""
+    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
+    atomic_write_bytes(path, safetensors_bytes(tensors))
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: missing; the run has no saved weights (did training finish at least one epoch?)")
+    try:
+        return load_safetensors(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BadInput(f"{path}: not a valid safetensors file ({e}); refusing to load it (weights are only read as safetensors)") from None
+
+
+def save_state(state: dict[str, Any], path: str | Path) -> None:
+    """The resumable state: plain containers of tensors and numbers only, so that
+    torch.load(weights_only=True) can read it back."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: missing; this run folder has no resumable state (it never finished an epoch)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(f"{path}: refused: not a plain tensor/number state file ({first}); it may carry code, do not trust this run folder") from None
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        raise BadInput(f"{path}: not a dsrsd training state (expected a dict with model, optimizer, epoch, ...)")
+    return state
+
+
+# ---------------------------------------------------------------- devices
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda, then mps, then cpu. Asking for a device that is not there is a BadInput."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda: no CUDA device is available here; use --device cpu (or auto)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise BadInput("--device mps: MPS is not available here; use --device cpu (or auto)")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise BadInput(f"--device {name!r}: choose auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with `threads` torch CPU threads (None: leave as is)."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- loading a run
+
+def check_compatible(run_spec: DataSpec, data_spec: DataSpec, where: str) -> None:
+    """The data must size the model exactly as the training data did (same ids -> same rows)."""
+    def plain(value):
+        return tuple(value) if isinstance(value, (list, tuple)) else value
+
+    problems = []
+    for field in ("dataset", "modalities", "n_outputs", "target", "cat_sizes", "max_len"):
+        a, b = plain(getattr(run_spec, field)), plain(getattr(data_spec, field))
+        if a != b:
+            problems.append(f"{field} {b!r} (run: {a!r})")
+    for field in ("vocab", "dims"):
+        a, b = getattr(run_spec, field), getattr(data_spec, field)
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                problems.append(f"{field}[{key}] {b.get(key)} (run: {a.get(key)})")
+    if problems:
+        raise BadInput(
+            f"{where}: the data does not match the run's model: {'; '.join(problems[:4])}"
+            f"{' ...' if len(problems) > 4 else ''}; prepare it with the same vocabularies or retrain on it"
+        )
+
+
+def _check_weights_fit(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, name: str, version: Any) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    shapes = [f"{k} {tuple(tensors[k].shape)} vs {tuple(expected[k].shape)}" for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    problems = [f"missing {', '.join(missing[:3])}"] if missing else []
+    problems += [f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []
+    problems += [f"shape {', '.join(shapes[:3])}"] if shapes else []
+    if problems:
+        raise BadInput(
+            f"{path}: the weights do not fit model {name!r} ({'; '.join(problems)}{' ...' if len(missing) + len(unexpected) + len(shapes) > 3 else ''}); "
+            f"the run was written by dsrsd {version} with another model layout or was edited: retrain it with this version"
+        )
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    cfg: RunConfig
+    spec: DataSpec
+    model: nn.Module                 # eval mode, best weights, on `device`
+    prepared: Prepared
+    device: torch.device
+    info: RunInfo
+    same_data: bool                  # the data is the one the run was trained on (manifest hash)
+
+
+def load_run(run_dir: str | Path, *, device: str = "cpu", data: Path | None = None) -> LoadedRun:
+    info = read_run_info(run_dir)
+    run_dir = info.run_dir
+    state_path = run_dir / STATE_FILE
+    if state_path.exists():
+        load_state(state_path)  # refuse a folder that carries a non-plain (possibly malicious) state
+    tensors = load_weights(run_dir / WEIGHTS_FILE)
+
+    data_path = Path(data) if data is not None else Path(info.data.path)
+    if data is None and not data_path.exists() and Path(info.cfg.data.path).exists():
+        data_path = Path(info.cfg.data.path)  # the run was moved along with a relative data folder
+    prepared = open_prepared(data_path)
+    same_data = prepared.manifest_hash == info.data.manifest_hash
+    if data is None and not same_data:
+        raise BadInput(
+            f"{data_path}: the prepared data changed since {run_dir} was trained (manifest hash differs); "
+            f"pass --data {data_path} to use it anyway, or re-prepare the original data"
+        )
+    data_cfg = info.cfg.data.model_copy(update={"path": str(data_path)})
+    check_compatible(info.spec, make_spec(prepared, data_cfg), where=str(data_path))
+    cfg = info.cfg.model_copy(update={"data": data_cfg})
+
+    model = build_model(info.spec, cfg.model, cfg.loss)
+    _check_weights_fit(model, tensors, run_dir / WEIGHTS_FILE, cfg.model.name, info.record.get("tool_version"))
+    model.load_state_dict(tensors, strict=True)
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    return LoadedRun(run_dir=run_dir, cfg=cfg, spec=info.spec, model=model, prepared=prepared, device=dev, info=info, same_data=same_data)
+
+
+# ---------------------------------------------------------------- predictions
+
+def probabilities(logits: torch.Tensor, n_outputs: int) -> torch.Tensor:
+    """Binary: sigmoid of (...) logits; multi-class: softmax over the last dim of (..., C)."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if n_outputs == 1 else torch.softmax(logits, dim=-1)
+
+
+def class_names(spec: DataSpec) -> list[str]:
+    """Names of the classes of a multi-class target, in logit order (empty for binary)."""
+    if spec.n_outputs == 1:
+        return []
+    if spec.target == "result4" and len(OULAD_RESULTS) == spec.n_outputs:
+        return list(OULAD_RESULTS)
+    return [str(c) for c in range(spec.n_outputs)]
+
+
+def probability_columns(n_outputs: int, names: Sequence[str] | None = None) -> list[str]:
+    """"probability" (binary), or one "probability_<class>" column per class."""
+    if n_outputs == 1:
+        return ["probability"]
+    names = list(names) if names else [str(c) for c in range(n_outputs)]
+    return [f"probability_{name}" for name in names]
+
+
+def _key_column(value: Any, mask: torch.Tensor, rows: torch.Tensor) -> np.ndarray:
+    """A batch key as one value per scored position: per-position tensors are masked,
+    per-row tensors and lists are repeated along each row's scored positions."""
+    if isinstance(value, torch.Tensor):
+        if value.shape == mask.shape:
+            return value[mask].cpu().numpy()
+        return value.cpu()[rows.cpu()].numpy()
+    return np.asarray(value, dtype=object)[rows.cpu().numpy()]
+
+
+@torch.no_grad()
+def predict_batches(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device | str,
+    *,
+    transform: Callable[[Batch], Batch] | None = None,
+    n_outputs: int | None = None,
+    classes: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Keys + label + probability for every scored position (`batch.mask`) of every batch.
+
+    `transform` changes each batch before the forward pass (modality masks, noise).
+    Multi-class runs get one probability column per class, named after `classes`
+    (class_names(spec); e.g. probability_Pass ...), in logit order.
+    """
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    parts: dict[str, list[np.ndarray]] = {}
+    try:
+        for batch in loader:
+            batch = batch.to(device)
+            if transform is not None:
+                batch = transform(batch)
+            logits = model(batch).logits
+            n_out = n_outputs or (logits.shape[-1] if logits.dim() > batch.mask.dim() else 1)
+            mask = batch.mask.bool()
+            rows = mask.nonzero(as_tuple=True)[0]
+            for name, value in batch.keys.items():
+                parts.setdefault(name, []).append(_key_column(value, mask, rows))
+            parts.setdefault("label", []).append(batch.target[mask].cpu().numpy())
+            prob = probabilities(logits, n_out)[mask].cpu().numpy()  # (N,) or (N, C)
+            for c, column in enumerate(probability_columns(n_out, classes)):
+                parts.setdefault(column, []).append(prob if n_out == 1 else prob[:, c])
+    finally:
+        model.train(was_training)
+    frame = pd.DataFrame({name: np.concatenate(chunks) if chunks else np.array([]) for name, chunks in parts.items()})
+    if "label" in frame and len(frame):
+        is_integral = np.all(np.mod(frame["label"].to_numpy(dtype=np.float64), 1) == 0)
+        frame["label"] = frame["label"].astype(np.int64 if is_integral else np.float64)
+    return frame
+
+
+def frame_probs(frame: pd.DataFrame) -> np.ndarray:
+    """The probability column(s) of a predictions frame: (n,) binary or (n, C)."""
+    if "probability" in frame:
+        return frame["probability"].to_numpy(dtype=np.float64)
+    columns = [c for c in frame.columns if c.startswith("probability_")]  # written in class order
+    return frame[columns].to_numpy(dtype=np.float64)
+
+
+def next_run_dir(root: str | Path = "runs") -> Path:
+    """Create and return runs/run_<N> with the next free N (mkdir is the atomic claim)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[4:]) for p in root.iterdir() if p.name.startswith("run_") and p.name[4:].isdigit()]
+    n = max(taken, default=0) + 1
+    while True:
+        path = root / f"run_{n}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            n += 1

@@ -1,0 +1,125 @@
+"""Config: presets, --set overrides, the CLI options that map onto keys, and the errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dsrsd_cli.config import RunConfig, load_config, preset_names
+from dsrsd_cli.engine.runs import spec_to_dict
+from dsrsd_cli.engine.train import _check_resumable, config_from_cli, resume_config
+from dsrsd_cli.errors import BadInput
+from dsrsd_cli.io import write_json
+from dsrsd_cli.types import DataSpec
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dsrsd_cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("preset", ["default", "oulad", "smoke", "smoke_oulad"])
+def test_shipped_presets_validate(preset):
+    assert preset in preset_names()
+    cfg = load_config(preset)
+    assert cfg.preset == preset
+    assert cfg.data.dataset == ("oulad" if "oulad" in preset else "ednet")
+
+
+def test_set_overrides_parse_types_and_nest():
+    cfg = load_config("smoke", ["loss.lambda_orth=0.25", "train.epochs=7", "train.bf16=false", "model.name=late", 'data.path="x y/z"'])
+    assert cfg.loss.lambda_orth == 0.25 and isinstance(cfg.loss.lambda_orth, float)
+    assert cfg.train.epochs == 7 and cfg.train.bf16 is False
+    assert cfg.model.name == "late"
+    assert cfg.data.path == "x y/z"
+
+
+def test_cli_options_map_onto_keys():
+    cfg = config_from_cli("smoke", model="single:item", data="prepared/e", device="cpu", overrides=["train.lr=0.01"], seed=7)
+    assert (cfg.model.name, cfg.data.path, cfg.train.device, cfg.train.seed, cfg.train.lr) == ("single:item", "prepared/e", "cpu", 7, 0.01)
+
+
+def test_unknown_key_names_the_key():
+    with pytest.raises(BadInput, match=r"unknown key 'train\.nope'"):
+        load_config("smoke", ["train.nope=1"])
+
+
+def test_bad_value_names_the_key():
+    with pytest.raises(BadInput, match=r"train\.lr = -1 is invalid"):
+        load_config("smoke", ["train.lr=-1"])
+    with pytest.raises(BadInput, match=r"train\.device"):
+        config_from_cli("smoke", device="tpu")
+
+
+def test_set_without_equals_is_bad_input():
+    with pytest.raises(BadInput, match="KEY=VALUE"):
+        load_config("smoke", ["train.lr"])
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """The console script in-process (cli.main: one-line errors and exit codes)."""
+    from dsrsd_cli import cli
+
+    monkeypatch.setattr(sys, "argv", ["dsrsd", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--set", "train.nope=1"], "train.nope"),
+        (["--set", "model.dropout=2"], "model.dropout"),
+        (["--device", "tpu"], "train.device"),
+        (["--preset", "no_such_preset"], "no_such_preset"),
+    ],
+)
+def test_cli_config_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, needle):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_main(monkeypatch, capsys, "train", "--preset", "smoke", "--out", str(tmp_path / "run"), *args)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing written before the config is valid
+
+
+def test_console_script_exit_2(tmp_path):
+    res = run_cli("train", "--preset", "smoke", "--set", "loss.tau=0", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "loss.tau" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def _fake_run(tmp_path, cfg: RunConfig, manifest_hash="abc"):
+    run = tmp_path / "run"
+    spec = DataSpec(dataset="ednet", modalities=("item", "content", "behavior"), n_outputs=1, vocab={"item.question": 10})
+    write_json(run / "config.json", {
+        "config": cfg.model_dump(), "spec": spec_to_dict(spec),
+        "data": {"path": str(tmp_path / "data"), "manifest_hash": manifest_hash, "dataset": "ednet"},
+        "tool_version": "0", "created": "now",
+    })
+    return run
+
+
+def test_resume_refuses_a_changed_config_or_data(tmp_path):
+    cfg = load_config("smoke", ["train.epochs=3"])
+    run = _fake_run(tmp_path, cfg)
+    _check_resumable(run, cfg, "abc")  # same config, same data: fine
+    _check_resumable(run, cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "cpu"})}), "abc")  # device may change
+    with pytest.raises(BadInput, match=r"train\.epochs is 4 but the run used 3"):
+        _check_resumable(run, load_config("smoke", ["train.epochs=4"]), "abc")
+    with pytest.raises(BadInput, match="manifest hash"):
+        _check_resumable(run, cfg, "another")
+
+
+def test_resume_config_starts_from_the_saved_config(tmp_path):
+    cfg = load_config("smoke", ["train.epochs=3", "loss.lambda_dec=0.5"])
+    run = _fake_run(tmp_path, cfg)
+    resumed = resume_config(run, preset="default", device="cpu")
+    assert resumed.train.epochs == 3 and resumed.loss.lambda_dec == 0.5 and resumed.train.device == "cpu"
+    assert resumed.data.path == str(tmp_path / "data")  # the absolute path recorded at training time
+    with pytest.raises(BadInput, match="preset"):
+        resume_config(run, preset="oulad")

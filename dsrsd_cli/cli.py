@@ -194,6 +194,8 @@ def main() -> None:
     except DsrsdError as e:
         if _state["debug"]:
             raise
+        if os.environ.get("RANK", "0") != "0":  # under DDP, rank 0 alone speaks
+            sys.exit(e.exit_code)
         console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except Exception as e:  # an unexpected failure: one line, the traceback behind --debug

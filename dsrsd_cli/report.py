@@ -165,7 +165,7 @@ def plot_explain(result: Mapping[str, Any], path: str | Path) -> None:
         ax.set_title(f"{label}: all {fmt(result['full'][value], 3)}, none {fmt(result['none'][value], 3)}")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{result['model']} on {result['split']}: what each modality contributes")
+    fig.suptitle(f"{result['model']} on {result['split']}: what each modality contributes", y=1.03)
     _save_figure(fig, Path(path))
 
 
@@ -226,8 +226,10 @@ def _comparison_columns(result: Mapping[str, Any], *, wide: bool, robustness: bo
             return fmt_diff(combined["diff"]) if key == "diff" else fmt_p(combined["p"])
         return cell
 
-    columns: list[tuple[str, Any]] = [("model", lambda m: m["label"]), ("seeds", lambda m: str(len(m["seeds"])))]
-    for metric in result["metrics"] if wide else ("auc", "accuracy", "log_loss"):
+    columns: list[tuple[str, Any]] = [("model", lambda m: m["label"])]
+    if wide:
+        columns.append(("seeds", lambda m: str(len(m["seeds"]))))
+    for metric in result["metrics"] if wide else ("auc", "log_loss"):
         name = COMPARE_LABELS.get(metric, metric)
         columns.append((name, lambda m, k=metric: fmt_mean_std(m["metrics"][k])))
         if metric in ("auc", "log_loss") or (wide and metric in ("accuracy", "brier")):
@@ -240,8 +242,10 @@ def _comparison_columns(result: Mapping[str, Any], *, wide: bool, robustness: bo
 
 def comparison_table(result: Mapping[str, Any]) -> Table:
     """Mean ± std over seeds per model, difference to the reference and combined p-values."""
+    seeds = sorted({len(m["seeds"]) for m in result["models"]})
     table = Table(
-        title=f"Comparison on {result['dataset']} test ({result['test_rows']:,} rows, {result['learners']:,} learners); reference {result['reference']}",
+        title=f"Comparison on {result['dataset']} test ({result['test_rows']:,} rows, {result['learners']:,} learners; "
+              f"{'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''} per model); reference {result['reference']}",
         title_justify="left",
         caption="Δ = model - reference, mean over seed pairs; p combined over seeds (AUC: clustered DeLong; others: learner bootstrap)",
         caption_justify="left",
@@ -328,9 +332,10 @@ def plot_comparison(result: Mapping[str, Any], path: str | Path) -> None:
         values = [math.nan if m["absent_auc"][modality]["mean"] is None else m["absent_auc"][modality]["mean"] for m in models]
         right.bar([i + j * width for i in range(len(models))], values, width=width, label=f"without {modality}", color=f"C{j + 4}")
     right.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    right.set_ylim(0.0, 1.08)
     right.set_xticks([i + width * (len(mods) - 1) / 2 for i in range(len(models))], names, rotation=30, ha="right")
     right.set_ylabel("test AUC")
     right.set_title("missing-modality robustness")
-    right.legend(fontsize=7)
+    right.legend(fontsize=7, loc="upper center", ncol=len(mods))
     right.grid(axis="y", alpha=0.3)
     _save_figure(fig, Path(path))

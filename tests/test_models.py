@@ -4,6 +4,7 @@ modalities, DSRSD gates and auxiliary losses, and the EdNet leakage rules (DESIG
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from dsrsd_cli.config import LossConfig, ModelConfig
 from dsrsd_cli.data.schema import BEHAVIOR_FEATURES
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.model import build_model, model_names
+from dsrsd_cli.model.encoders import View, bag_mean, build_core, dropout
 from dsrsd_cli.model.fusion import drop_modalities
 from dsrsd_cli.model.losses import AUX_LOSSES, task_loss
 from model_fakes import ednet_batch, ednet_spec, oulad_batch, oulad_spec
@@ -219,37 +221,46 @@ def test_oulad_values_after_the_cutoff_never_reach_the_logits(name):
     assert torch.equal(model(noisy).logits, model(batch).logits)
 
 
+def _seeded(model, batch, **kwargs):
+    """A training-mode forward with the RNG reset: the same aux rows every call."""
+    torch.manual_seed(0)
+    return model(batch, **kwargs)
+
+
 def test_dsrsd_aux_losses_ignore_padded_and_absent_rows():
     spec = SPECS["ednet"]
     batch = ednet_batch(spec, batch_size=4, seed=3)
-    model = build(spec, "dsrsd", loss=LossConfig(aux_rows=24)).eval()
+    model = build(spec, "dsrsd", loss=LossConfig(aux_rows=24), dropout=0.0, modality_dropout=0.0).eval()
     out = model(batch)
+    assert out.aux["losses"] == {}                                               # evaluation: nothing reads them
     rows = out.aux["aux_rows"]
     assert rows.numel() == 24 and bool(batch.valid.reshape(-1)[rows].all())
     for m in spec.modalities:
         assert torch.equal(out.aux["aux_present"][m], batch.present[m].reshape(-1)[rows])
         assert out.aux["shared"][m].shape == (24, SMALL["k_shared"]) == out.aux["private"][m].shape
 
-    # garbage on padding: identical losses
+    # training (no dropout, same sampled rows): garbage on padding gives identical losses
+    model.train()
+    losses = _seeded(model, batch).aux["losses"]
+    assert set(losses) == set(AUX_LOSSES)
     noisy = copy.deepcopy(batch)
     noisy.context["response"][~batch.valid] = 1
     noisy.inputs["item"]["question"][~batch.valid] = 5
-    same = model(noisy).aux["losses"]
-    assert all(torch.equal(same[k], out.aux["losses"][k]) for k in AUX_LOSSES)
+    same = _seeded(model, noisy).aux["losses"]
+    assert all(torch.equal(same[k], losses[k]) for k in AUX_LOSSES)
 
     # the absent token is what absent units carry; the aux losses never see it ...
+    base_logits = _seeded(model, batch).logits
     with torch.no_grad():
         for token in model.absent.values():
             token.add_(3.0)
-    moved = model(batch)
-    assert all(torch.equal(moved.aux["losses"][k], out.aux["losses"][k]) for k in AUX_LOSSES)
+    moved = _seeded(model, batch)
+    assert all(torch.equal(moved.aux["losses"][k], losses[k]) for k in AUX_LOSSES)
     # ... though the fusion does (the gate reads every stream to weigh the present ones)
-    assert not torch.equal(moved.logits, out.logits)
+    assert not torch.equal(moved.logits, base_logits)
 
     # training samples a random subset, evaluation an evenly spaced one
-    model.train()
-    torch.manual_seed(0)
-    train_rows = model(batch).aux["aux_rows"]
+    train_rows = _seeded(model, batch).aux["aux_rows"]
     assert train_rows.numel() == 24 and bool(batch.valid.reshape(-1)[train_rows].all())
     assert not torch.equal(train_rows, rows)
 
@@ -264,12 +275,15 @@ def test_dsrsd_ablate_removes_streams():
     assert not torch.equal(private.logits, base.logits)
     shared = model(batch, ablate=frozenset({"item.shared"}))
     assert not torch.equal(shared.logits, base.logits)
-    assert torch.equal(shared.aux["losses"]["infonce"], base.aux["losses"]["infonce"])   # losses do not change
     everything = frozenset(f"{m}.{s}" for m in spec.modalities for s in ("shared", "private"))
     nothing = model(batch, ablate=everything)
     assert finite(nothing.logits) and torch.equal(nothing.aux["gates"][:, 0], torch.ones(nothing.aux["gates"].shape[0]))
     with pytest.raises(BadInput, match="cannot ablate"):
         model(batch, ablate=frozenset({"clicks.shared"}))
+    # ablation changes what is fused, never the auxiliary losses
+    quiet = build(spec, "dsrsd", dropout=0.0, modality_dropout=0.0).train()
+    assert torch.equal(_seeded(quiet, batch, ablate=frozenset({"item.shared"})).aux["losses"]["infonce"],
+                       _seeded(quiet, batch).aux["losses"]["infonce"])
     for name in ("concat", "early", "coattn"):                                # baselines ignore it
         baseline = build(spec, name).eval()
         assert torch.equal(baseline(batch, ablate=frozenset({"item.private"})).logits, baseline(batch).logits)
@@ -334,3 +348,60 @@ def test_bf16_autocast_gives_float32_logits_and_losses(data, name):
     assert all(v.dtype == torch.float32 for v in out.aux["losses"].values())
     loss.backward()
     assert finite(loss) and all(finite(p.grad) for p in model.parameters() if p.grad is not None)
+
+
+# ----------------------------------------------------------------------------- stacked encoders and fast paths
+
+
+def test_stacked_ednet_core_equals_one_core_per_modality():
+    """The M encoders run stacked; each modality's output must be exactly what its own
+    core alone gives (no head or weight of one modality touches another's)."""
+    spec = SPECS["ednet"]
+    batch = ednet_batch(spec, batch_size=3, seed=5)
+    cfg = ModelConfig(**SMALL, n_layers=2)
+    torch.manual_seed(0)
+    stacked = _loud(build_core(spec, cfg, stacks=3))
+    g = torch.Generator().manual_seed(0)
+    view = View(torch.randn(3, *batch.valid.shape, SMALL["d_model"], generator=g),
+                torch.randn(3, *batch.valid.shape, SMALL["d_model"], generator=g))
+    context = (batch.context["response"], batch.context["bundle_group"], batch.valid)
+    together = stacked(view, *context)                                          # (3, B, T, d)
+    for i in range(3):
+        alone = build_core(spec, cfg, stacks=1).eval()
+        state = stacked.state_dict()
+        alone.load_state_dict({name: state[re.sub(r"\b(each|position|start)\.0\b", rf"\g<1>.{i}", name)]
+                               for name in alone.state_dict()})
+        own = alone(View(view.query[i:i + 1], view.memory[i:i + 1]), *context)[0]
+        assert torch.allclose(together[i], own, atol=1e-5), i
+    # ... and changing one modality's inputs moves only that modality's output
+    moved = stacked(View(view.query, view.memory.index_fill(0, torch.tensor([1]), 2.0)), *context)
+    assert torch.equal(moved[0], together[0]) and torch.equal(moved[2], together[2])
+    assert not torch.equal(moved[1], together[1])
+
+
+def test_fast_dropout_keeps_one_minus_p_scaled_and_is_identity_in_eval():
+    x = torch.ones(200_000)
+    torch.manual_seed(0)
+    y = dropout(x, 0.1, training=True)
+    kept = y != 0
+    assert abs(float(kept.float().mean()) - 0.9) < 0.005
+    assert torch.allclose(y[kept], torch.full((int(kept.sum()),), 1 / 0.9))
+    assert dropout(x, 0.1, training=False) is x and dropout(x, 0.0, training=True) is x
+    assert dropout(x.bfloat16(), 0.3, training=True).dtype == torch.bfloat16
+    torch.manual_seed(1)
+    other = dropout(x, 0.1, training=True) != 0
+    assert 0.15 < float((other != kept).float().mean()) < 0.21                    # fresh draws: 2 p (1 - p) differ
+    leaf = torch.randn(7, 5, requires_grad=True)                                  # gradient: the same mask and scale
+    out = dropout(leaf, 0.5, training=True)
+    out.sum().backward()
+    assert torch.equal(leaf.grad, (out != 0).float() * 2.0)
+
+
+def test_bag_mean_is_the_mean_of_the_real_ids():
+    table = torch.nn.Embedding(10, 4, padding_idx=0)
+    ids = torch.tensor([[[3, 0, 5], [0, 0, 0]], [[7, 7, 0], [2, 0, 0]]])            # (2, 2, K=3)
+    out = bag_mean(table, ids)
+    assert out.shape == (2, 2, 4)
+    w = table.weight
+    expected = torch.stack([torch.stack([(w[3] + w[5]) / 2, torch.zeros(4)]), torch.stack([w[7], w[2]])])
+    assert torch.allclose(out, expected)

@@ -10,12 +10,15 @@ comparison uses the same encoders at the same sizes:
 - OULAD: `SetEncoder`, a small transformer over one row's tokens (demographic columns,
   weeks of clicks, assessments) with an always-visible summary token.
 
-The `early` baseline reuses the input modules with one joint core (fusion.py).
+The EdNet modalities share one core module *stacked* over them: each modality keeps its
+own weights, but the M encoders run as one batched computation (`EdNetEncoders`), with
+the block-causal mask built once per batch. `single:<m>` is the M = 1 case of the same
+class. The `early` baseline reuses the input modules with one joint core (fusion.py).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +31,7 @@ from dsrsd_cli.types import Batch, DataSpec
 
 
 class View(NamedTuple):
-    """EdNet per-step embeddings of one modality, each (B, T, d).
+    """EdNet per-step embeddings of one modality, each (B, T, d) (stacked for the core: (M, B, T, d)).
 
     query:  what is known when step t is shown; it may feed step t's own prediction.
     memory: the whole interaction of step t (the query plus what is known only after
@@ -61,63 +64,142 @@ class Encoded(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- blocks
+#
+# Every block is "stacked": it holds S independent copies of its weights (one per EdNet
+# modality) and runs them in one batched computation on (S, B, L, d) tensors, so the M
+# modality encoders of a model take one sequence of kernel calls, not M. S = 1 is the
+# plain block (single:<m>, early, OULAD). Each copy is an ordinary nn.Linear / nn.LayerNorm, so the
+# initialisation and the optimizer's decay rules (weights decay, biases and norms do not)
+# see ordinary parameters; the copies are stacked at call time (cheap: they are small).
+
+
+def _stack(tensors: list[Tensor]) -> Tensor:
+    """(S, ...) from S tensors: a view when S = 1, else a copy."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout. On CPU, torch's dropout draws one random number per element
+    (bernoulli_), which made dropout a large share of a small model's step; this draws
+    one 64-bit number per four elements and compares each 16-bit quarter with p (about
+    3x faster). Same distribution up to p's 1/65536 resolution; elsewhere F.dropout."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
+    keep = bits.view(torch.int16)[:n].view(x.shape) >= round(p * 65536) - 32768     # P(keep) = 1 - p
+    return torch.where(keep, x * (1.0 / (1.0 - p)), 0.0)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout through `dropout` above."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def attention_bias(visible: Tensor) -> Tensor:
+    """bool (B, Lq, Lk) -> (B, 1, Lq, Lk) float: 0 where visible, -inf elsewhere.
+
+    Built once per batch and shared by every head, layer and modality. An additive float
+    mask lets scaled_dot_product_attention use its fused (flash) kernel on CPU too.
+    """
+    bias = torch.zeros(visible.shape, dtype=torch.float32, device=visible.device)
+    return bias.masked_fill_(~visible, float("-inf")).unsqueeze(1)
+
+
+class StackedLinear(nn.Module):
+    """S independent nn.Linear(d_in, d_out): x (S, ..., d_in) -> (S, ..., d_out), one batched
+    matmul. With S = 1 it is the plain nn.Linear: any (..., d_in)."""
+
+    def __init__(self, *, stacks: int, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.each = nn.ModuleList(nn.Linear(d_in, d_out) for _ in range(stacks))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if len(self.each) == 1:
+            return self.each[0](x)
+        weight = _stack([linear.weight for linear in self.each])                   # (S, d_out, d_in)
+        bias = _stack([linear.bias for linear in self.each])                       # (S, d_out)
+        y = torch.baddbmm(bias.unsqueeze(1), x.reshape(x.shape[0], -1, x.shape[-1]), weight.transpose(1, 2))
+        return y.view(*x.shape[:-1], -1)
+
+
+class StackedLayerNorm(nn.Module):
+    """S independent nn.LayerNorm(d): x (S, ..., d) -> (S, ..., d). With S = 1: any (..., d)."""
+
+    def __init__(self, *, stacks: int, d: int) -> None:
+        super().__init__()
+        self.each = nn.ModuleList(nn.LayerNorm(d) for _ in range(stacks))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if len(self.each) == 1:
+            return self.each[0](x)
+        shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)               # (S, 1.., d)
+        weight = torch.stack([norm.weight for norm in self.each]).view(shape)
+        bias = torch.stack([norm.bias for norm in self.each]).view(shape)
+        return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:]), weight)
 
 
 class Attention(nn.Module):
-    """Multi-head attention of x over context where `visible` allows.
+    """S independent multi-head attentions, each of its x over its context, in ONE call.
 
-    x (B, Lq, d), context (B, Lk, d), visible (B, Lq, Lk) or (B, 1, Lk) bool -> (B, Lq, d).
-    Every query row must see at least one key (the callers add an always-visible slot).
+    x (S, B, Lq, d), context (S, B, Lk, d), bias (B, 1, Lq, Lk) additive (attention_bias;
+    the same for all S) -> (S, B, Lq, d). The S x H heads run as the heads of one
+    attention. Every query row must see at least one key (callers add an always-visible
+    slot). Regularised by dropout on the output; none on the attention weights, which
+    would force the unfused kernel and materialise B x H x Lq x Lk random numbers.
     """
 
-    def __init__(self, *, d: int, n_heads: int, dropout: float) -> None:
+    def __init__(self, *, d: int, n_heads: int, dropout: float, stacks: int = 1) -> None:
         super().__init__()
         if d % n_heads:
             raise BadInput(f"model.d_model = {d} is not divisible by model.n_heads = {n_heads}; pick sizes that divide")
         self.n_heads = n_heads
-        self.dropout = dropout
-        self.to_q = nn.Linear(d, d)
-        self.to_kv = nn.Linear(d, 2 * d)
-        self.proj = nn.Linear(d, d)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.to_q = StackedLinear(stacks=stacks, d_in=d, d_out=d)
+        self.to_kv = StackedLinear(stacks=stacks, d_in=d, d_out=2 * d)
+        self.proj = StackedLinear(stacks=stacks, d_in=d, d_out=d)
+        self.resid_dropout = Dropout(dropout)
 
-    def forward(self, x: Tensor, context: Tensor, visible: Tensor) -> Tensor:
-        B, Lq, d = x.shape
-        Lk, H = context.shape[1], self.n_heads
-        q = self.to_q(x).view(B, Lq, H, d // H).transpose(1, 2)                       # (B, H, Lq, dh)
-        k, v = self.to_kv(context).view(B, Lk, 2, H, d // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, Lk, dh)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=visible.unsqueeze(1), dropout_p=self.dropout if self.training else 0.0
-        )                                                                              # (B, H, Lq, dh)
-        y = y.transpose(1, 2).reshape(B, Lq, d)
+    def forward(self, x: Tensor, context: Tensor, bias: Tensor) -> Tensor:
+        S, B, Lq, d = x.shape
+        Lk, H = context.shape[2], self.n_heads
+        q = self.to_q(x).view(S, B, Lq, H, d // H).permute(1, 0, 3, 2, 4).reshape(B, S * H, Lq, d // H)
+        kv = self.to_kv(context).view(S, B, Lk, 2, H, d // H).permute(3, 1, 0, 4, 2, 5)      # (2, B, S, H, Lk, dh)
+        k, v = kv.reshape(2, B, S * H, Lk, d // H)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))           # (B, S*H, Lq, dh)
+        y = y.view(B, S, H, Lq, d // H).permute(1, 0, 3, 2, 4).reshape(S, B, Lq, d)
         return self.resid_dropout(self.proj(y))
 
 
 class FeedForward(nn.Sequential):
-    """(…, d) -> (…, d): Linear -> GELU -> Linear -> Dropout."""
+    """(S, …, d) -> (S, …, d): Linear -> GELU -> Linear -> Dropout, S independent copies."""
 
-    def __init__(self, *, d: int, hidden: int, dropout: float) -> None:
-        super().__init__(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d), nn.Dropout(dropout))
+    def __init__(self, *, d: int, hidden: int, dropout: float, stacks: int = 1) -> None:
+        super().__init__(StackedLinear(stacks=stacks, d_in=d, d_out=hidden), nn.GELU(),
+                         StackedLinear(stacks=stacks, d_in=hidden, d_out=d), Dropout(dropout))
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + Attn(LN(x), LN(context)); x + MLP(LN(x)).
 
-    cross=False: self-attention (context is x). x (B, Lq, d) -> (B, Lq, d).
+    cross=False: self-attention (context is x). x (S, B, Lq, d), bias (B, 1, Lq, Lk) -> (S, B, Lq, d).
     """
 
-    def __init__(self, *, d: int, n_heads: int, dropout: float, cross: bool) -> None:
+    def __init__(self, *, d: int, n_heads: int, dropout: float, cross: bool, stacks: int = 1) -> None:
         super().__init__()
-        self.ln_x = nn.LayerNorm(d)
-        self.ln_context = nn.LayerNorm(d) if cross else None
-        self.attn = Attention(d=d, n_heads=n_heads, dropout=dropout)
-        self.ln_mlp = nn.LayerNorm(d)
-        self.mlp = FeedForward(d=d, hidden=4 * d, dropout=dropout)
+        self.ln_x = StackedLayerNorm(stacks=stacks, d=d)
+        self.ln_context = StackedLayerNorm(stacks=stacks, d=d) if cross else None
+        self.attn = Attention(d=d, n_heads=n_heads, dropout=dropout, stacks=stacks)
+        self.ln_mlp = StackedLayerNorm(stacks=stacks, d=d)
+        self.mlp = FeedForward(d=d, hidden=4 * d, dropout=dropout, stacks=stacks)
 
-    def forward(self, x: Tensor, visible: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor, context: Tensor | None = None) -> Tensor:
         x_norm = self.ln_x(x)
         context_norm = x_norm if self.ln_context is None else self.ln_context(context)
-        x = x + self.attn(x_norm, context_norm, visible)
+        x = x + self.attn(x_norm, context_norm, bias)
         return x + self.mlp(self.ln_mlp(x))
 
 
@@ -145,48 +227,54 @@ def same_or_earlier_bundles(bundle_group: Tensor, valid: Tensor) -> Tensor:
 
 
 class CausalInteractionEncoder(nn.Module):
-    """SAKT-like encoder of one EdNet view, causal and block-causal by bundle.
+    """SAKT-like encoder of S EdNet views at once (one per modality), causal and
+    block-causal by bundle; the S copies share nothing but the mask.
 
     Step t's query attends to the memory of steps of EARLIER bundles (their full
     interaction, with a projection chosen by the response: SAKT's interaction
     embedding), plus a learned start slot that is always visible, so the first bundle
     has something to attend to. The query enters the output through the residual.
 
-    forward(view: View (B, T, d) x2, response (B, T) long, bundle_group (B, T) long,
-            valid (B, T) bool) -> h (B, T, d)
+    forward(view: View (S, B, T, d) x2, response (B, T) long, bundle_group (B, T) long,
+            valid (B, T) bool) -> h (S, B, T, d)
     """
 
-    def __init__(self, *, d: int, n_heads: int, n_layers: int, dropout: float, max_len: int) -> None:
+    def __init__(self, *, d: int, n_heads: int, n_layers: int, dropout: float, max_len: int, stacks: int = 1) -> None:
         super().__init__()
-        self.position = nn.Embedding(max_len, d)
-        self.by_response = nn.Linear(d, 2 * d)   # [wrong | right] projections of a step's memory
-        self.start = nn.Parameter(torch.randn(1, 1, d) * 0.02)
-        self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(d=d, n_heads=n_heads, dropout=dropout, cross=True) for _ in range(n_layers))
-        self.ln_out = nn.LayerNorm(d)
+        self.max_len = max_len
+        self.position = nn.ModuleList(nn.Embedding(max_len, d) for _ in range(stacks))
+        self.by_response = StackedLinear(stacks=stacks, d_in=d, d_out=2 * d)   # [wrong | right] projections of the memory
+        self.start = nn.ParameterList(nn.Parameter(torch.randn(1, 1, d) * 0.02) for _ in range(stacks))
+        self.dropout = Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            Block(d=d, n_heads=n_heads, dropout=dropout, cross=True, stacks=stacks) for _ in range(n_layers)
+        )
+        self.ln_out = StackedLayerNorm(stacks=stacks, d=d)
 
     def forward(self, view: View, response: Tensor, bundle_group: Tensor, valid: Tensor) -> Tensor:
-        B, T, d = view.query.shape
-        if T > self.position.num_embeddings:
-            raise BadInput(f"EdNet window of {T} steps is longer than the model's max_len {self.position.num_embeddings}; "
+        S, B, T, d = view.query.shape
+        if T > self.max_len:
+            raise BadInput(f"EdNet window of {T} steps is longer than the model's max_len {self.max_len}; "
                            "use the data.max_len the model was built with")
-        position = self.position.weight[:T]                                   # (T, d)
-        x = self.dropout(view.query + position)                              # (B, T, d)
-        wrong, right = self.by_response(view.memory).chunk(2, dim=-1)         # 2 x (B, T, d)
+        position = _stack([table.weight[:T] for table in self.position]).unsqueeze(1)    # (S, 1, T, d)
+        x = self.dropout(view.query + position)                                           # (S, B, T, d)
+        wrong, right = self.by_response(view.memory).chunk(2, dim=-1)                     # 2 x (S, B, T, d)
         memory = torch.where(response.unsqueeze(-1) == 1, right, wrong) + position
-        memory = memory.masked_fill(~valid.unsqueeze(-1), 0.0)              # padding carries nothing (not even NaN)
-        memory = torch.cat([self.start.expand(B, 1, d), self.dropout(memory)], dim=1)   # (B, 1+T, d)
-        visible = earlier_bundles(bundle_group, valid)                        # (B, T, T)
-        visible = torch.cat([visible.new_ones(B, T, 1), visible], dim=-1)     # (B, T, 1+T): start slot
+        memory = torch.where(valid.unsqueeze(-1), memory, 0.0)                 # padding carries nothing (not even NaN)
+        start = _stack(list(self.start)).expand(S, B, 1, d)
+        memory = torch.cat([start, self.dropout(memory)], dim=2)                          # (S, B, 1+T, d)
+        visible = earlier_bundles(bundle_group, valid)                                    # (B, T, T)
+        bias = attention_bias(torch.cat([visible.new_ones(B, T, 1), visible], dim=-1))    # (B, 1, T, 1+T): start slot
         for block in self.blocks:
-            x = block(x, visible, context=memory)
+            x = block(x, bias, context=memory)
         return self.ln_out(x)
 
 
 def bag_mean(table: nn.Embedding, ids: Tensor) -> Tensor:
-    """Mean embedding of the non-zero ids: (…, K) long -> (…, d); all-padding -> zeros."""
-    real = (ids > 0).unsqueeze(-1)                                   # (…, K, 1)
-    return (table(ids) * real).sum(-2) / real.sum(-2).clamp(min=1)
+    """Mean embedding of the non-zero ids: (…, K) long -> (…, d); all-padding -> zeros.
+    (embedding_bag skips the padding index without building the (…, K, d) lookups.)"""
+    bags = F.embedding_bag(ids.reshape(-1, ids.shape[-1]), table.weight, mode="mean", padding_idx=0)   # (…, d) flat
+    return bags.view(*ids.shape[:-1], -1)
 
 
 class NumericEmbedding(nn.Module):
@@ -289,17 +377,22 @@ class BehaviorView(nn.Module):
         return View(query=query, memory=memory)
 
 
-class EdNetEncoder(nn.Module):
-    """inputs (a View module) + CausalInteractionEncoder. forward(batch) -> Encoded, h (B, T, d)."""
+class EdNetEncoders(nn.Module):
+    """Every modality's View module + ONE CausalInteractionEncoder stacked over them.
 
-    def __init__(self, *, inputs: nn.Module, core: CausalInteractionEncoder) -> None:
+    forward(batch) -> modality -> Encoded, h (B, T, d) (views into one (M, B, T, d) tensor).
+    """
+
+    def __init__(self, *, views: dict[str, nn.Module], core: CausalInteractionEncoder) -> None:
         super().__init__()
-        self.inputs = inputs
+        self.views = nn.ModuleDict(views)
         self.core = core
 
-    def forward(self, batch: Batch) -> Encoded:
-        h = self.core(self.inputs(batch), batch.context["response"], batch.context["bundle_group"], batch.valid)
-        return Encoded(h=h, tokens=h, token_mask=batch.valid)
+    def forward(self, batch: Batch) -> dict[str, Encoded]:
+        views = [view_of(batch) for view_of in self.views.values()]
+        stacked = View(torch.stack([v.query for v in views]), torch.stack([v.memory for v in views]))  # (M, B, T, d) x2
+        h = self.core(stacked, batch.context["response"], batch.context["bundle_group"], batch.valid)   # (M, B, T, d)
+        return {m: Encoded(h=h[i], tokens=h[i], token_mask=batch.valid) for i, m in enumerate(self.views)}
 
 
 # ----------------------------------------------------------------------------- OULAD
@@ -316,18 +409,20 @@ class SetEncoder(nn.Module):
     def __init__(self, *, d: int, n_heads: int, n_layers: int, dropout: float) -> None:
         super().__init__()
         self.summary = nn.Parameter(torch.randn(1, 1, d) * 0.02)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(Block(d=d, n_heads=n_heads, dropout=dropout, cross=False) for _ in range(n_layers))
         self.ln_out = nn.LayerNorm(d)
 
     def forward(self, tokens: Tokens) -> tuple[Tensor, Tensor, Tensor]:
         B, L, d = tokens.x.shape
-        x = tokens.x.masked_fill(~tokens.mask.unsqueeze(-1), 0.0)            # (B, L, d)
-        x = torch.cat([self.summary.expand(B, 1, d), self.dropout(x)], dim=1)  # (B, 1+L, d)
-        mask = torch.cat([tokens.mask.new_ones(B, 1), tokens.mask], dim=1)   # (B, 1+L)
+        x = torch.where(tokens.mask.unsqueeze(-1), tokens.x, 0.0)                   # (B, L, d)
+        x = torch.cat([self.summary.expand(B, 1, d), self.dropout(x)], dim=1)      # (B, 1+L, d)
+        mask = torch.cat([tokens.mask.new_ones(B, 1), tokens.mask], dim=1)         # (B, 1+L)
+        bias = attention_bias(mask.unsqueeze(1))                                   # keys: (B, 1, 1, 1+L)
+        x = x.unsqueeze(0)                                                         # one stack: (1, B, 1+L, d)
         for block in self.blocks:
-            x = block(x, mask.unsqueeze(1))                                  # keys: (B, 1, 1+L)
-        x = self.ln_out(x)
+            x = block(x, bias)
+        x = self.ln_out(x[0])
         return x[:, 0], x, mask
 
 
@@ -416,6 +511,14 @@ class OuladEncoder(nn.Module):
         return Encoded(h=summary, tokens=states, token_mask=mask)
 
 
+class OuladEncoders(nn.ModuleDict):
+    """One OuladEncoder per modality (their token counts differ, so they are not stacked).
+    forward(batch) -> modality -> Encoded, h (B, d)."""
+
+    def forward(self, batch: Batch) -> dict[str, Encoded]:
+        return {m: encoder(batch) for m, encoder in self.items()}
+
+
 # ----------------------------------------------------------------------------- factories
 
 INPUTS: dict[str, type[nn.Module]] = {
@@ -427,14 +530,30 @@ INPUTS: dict[str, type[nn.Module]] = {
     "assessments": AssessmentTokens,
 }
 
-CORES = {
-    "ednet": lambda spec, cfg: CausalInteractionEncoder(
-        d=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout, max_len=max(spec.max_len, 1)
-    ),
-    "oulad": lambda spec, cfg: SetEncoder(d=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout),
-}
 
-ENCODERS: dict[str, type[nn.Module]] = {"ednet": EdNetEncoder, "oulad": OuladEncoder}
+def _ednet_core(spec: DataSpec, cfg: ModelConfig, stacks: int) -> nn.Module:
+    return CausalInteractionEncoder(d=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout,
+                                    max_len=max(spec.max_len, 1), stacks=stacks)
+
+
+def _oulad_core(spec: DataSpec, cfg: ModelConfig, stacks: int) -> nn.Module:
+    if stacks != 1:
+        raise ValueError("OULAD cores are not stacked: one SetEncoder per modality")
+    return SetEncoder(d=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout)
+
+
+def _ednet_encoders(spec: DataSpec, modalities: Sequence[str], cfg: ModelConfig) -> nn.Module:
+    views = {m: build_inputs(spec, m, d=cfg.d_model) for m in modalities}
+    return EdNetEncoders(views=views, core=build_core(spec, cfg, stacks=len(views)))
+
+
+def _oulad_encoders(spec: DataSpec, modalities: Sequence[str], cfg: ModelConfig) -> nn.Module:
+    return OuladEncoders({m: OuladEncoder(inputs=build_inputs(spec, m, d=cfg.d_model), core=build_core(spec, cfg))
+                          for m in modalities})
+
+
+CORES = {"ednet": _ednet_core, "oulad": _oulad_core}
+ENCODERS = {"ednet": _ednet_encoders, "oulad": _oulad_encoders}
 
 
 def init_small_(module: nn.Module) -> nn.Module:
@@ -457,14 +576,16 @@ def build_inputs(spec: DataSpec, modality: str, *, d: int) -> nn.Module:
     return init_small_(INPUTS[modality].from_spec(spec, d=d))
 
 
-def build_core(spec: DataSpec, cfg: ModelConfig) -> nn.Module:
-    """The dataset's contextual core: CausalInteractionEncoder (EdNet) or SetEncoder (OULAD)."""
+def build_core(spec: DataSpec, cfg: ModelConfig, *, stacks: int = 1) -> nn.Module:
+    """The dataset's contextual core: CausalInteractionEncoder (EdNet; `stacks` modalities
+    at once) or SetEncoder (OULAD)."""
     if spec.dataset not in CORES:
         raise BadInput(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(CORES)}")
-    return init_small_(CORES[spec.dataset](spec, cfg))
+    return init_small_(CORES[spec.dataset](spec, cfg, stacks))
 
 
-def build_encoder(spec: DataSpec, modality: str, cfg: ModelConfig) -> nn.Module:
-    """One modality's full encoder: forward(batch) -> Encoded."""
-    core = build_core(spec, cfg)
-    return ENCODERS[spec.dataset](inputs=build_inputs(spec, modality, d=cfg.d_model), core=core)
+def build_encoders(spec: DataSpec, modalities: Sequence[str], cfg: ModelConfig) -> nn.Module:
+    """The encoders of `modalities`: forward(batch) -> modality -> Encoded."""
+    if spec.dataset not in ENCODERS:
+        raise BadInput(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(ENCODERS)}")
+    return ENCODERS[spec.dataset](spec, modalities, cfg)

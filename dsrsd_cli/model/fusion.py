@@ -19,11 +19,14 @@ from __future__ import annotations
 from itertools import combinations, permutations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.model import losses
-from dsrsd_cli.model.encoders import Attention, Encoded, FeedForward, Tokens, View, same_or_earlier_bundles
+from dsrsd_cli.model.encoders import (
+    Attention, Dropout, Encoded, FeedForward, StackedLinear, Tokens, View, attention_bias, same_or_earlier_bundles,
+)
 from dsrsd_cli.types import Batch, ModelOutput
 
 STREAMS = ("shared", "private")   # what `ablate` entries name: "<modality>.shared" | "<modality>.private"
@@ -33,7 +36,7 @@ class Head(nn.Sequential):
     """Task head: (U, d_in) -> (U, n_outputs). LN -> Linear -> GELU -> Dropout -> Linear."""
 
     def __init__(self, *, d_in: int, d: int, n_outputs: int, dropout: float) -> None:
-        super().__init__(nn.LayerNorm(d_in), nn.Linear(d_in, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, n_outputs))
+        super().__init__(nn.LayerNorm(d_in), nn.Linear(d_in, d), nn.GELU(), Dropout(dropout), nn.Linear(d, n_outputs))
 
 
 def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -85,33 +88,31 @@ def with_absent_token(encoded: Encoded, present: Tensor, token: Tensor) -> Encod
     return Encoded(h=h, tokens=tokens, token_mask=mask)
 
 
-def sample_aux_rows(valid: Tensor, n: int, *, training: bool) -> Tensor:
-    """Indices (N <= n,) of valid units for the auxiliary losses: a random subset in
-    training, an evenly spaced (reproducible) one in evaluation. valid: (U,) bool."""
-    rows = valid.nonzero().squeeze(1)
-    if rows.numel() <= n:
-        return rows
+def sample_aux_rows(count: int, n: int, *, training: bool, device: torch.device) -> Tensor:
+    """Indices (N <= n,) into `count` units for the auxiliary losses: a random subset in
+    training, an evenly spaced (reproducible) one in evaluation."""
+    if count <= n:
+        return torch.arange(count, device=device)
     if training:
-        pick = torch.randperm(rows.numel(), device=rows.device)[:n].sort().values
-    else:
-        pick = torch.linspace(0, rows.numel() - 1, n, device=rows.device).long()
-    return rows[pick]
+        return torch.randperm(count, device=device)[:n].sort().values
+    return torch.linspace(0, count - 1, n, device=device).long()
 
 
 # ----------------------------------------------------------------------------- the model
 
 
 class MultimodalModel(nn.Module):
-    """encoders (modality -> forward(batch) -> Encoded) + a fusion.
+    """encoders (forward(batch) -> modality -> Encoded) + a fusion.
 
     forward(batch, *, ablate) -> ModelOutput. `ablate` removes streams of the DSRSD
     fusion (for `dsrsd explain`); other fusions ignore it.
     """
 
-    def __init__(self, *, encoders: dict[str, nn.Module], fusion: nn.Module, d: int, modality_dropout: float) -> None:
+    def __init__(self, *, encoders: nn.Module, modalities: tuple[str, ...], fusion: nn.Module, d: int,
+                 modality_dropout: float) -> None:
         super().__init__()
-        self.encoders = nn.ModuleDict(encoders)
-        self.absent = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m in encoders})
+        self.encoders = encoders
+        self.absent = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m in modalities})
         self.fusion = fusion
         self.modality_dropout = modality_dropout
         for token in self.absent.values():
@@ -119,11 +120,12 @@ class MultimodalModel(nn.Module):
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return tuple(self.encoders)
+        return tuple(self.absent)
 
     def forward(self, batch: Batch, *, ablate: frozenset[str] = frozenset()) -> ModelOutput:
         present = effective_presence(batch, self.modalities, training=self.training, p=self.modality_dropout)
-        encoded = {m: with_absent_token(encoder(batch), present[m], self.absent[m]) for m, encoder in self.encoders.items()}
+        encoded = self.encoders(batch)
+        encoded = {m: with_absent_token(encoded[m], present[m], self.absent[m]) for m in self.modalities}
         return self.fusion(encoded, present, batch, ablate=ablate)
 
 
@@ -137,10 +139,12 @@ class DSRSDFusion(nn.Module):
     q_m = Q_m(p_m) (U, k); z_m = G(s_m) (U, k) with ONE head G for all modalities.
     Consensus c = mean of the present z_m. A gate network scores [c, q_1..q_M] from their
     concatenation; absent (or ablated) streams get -inf, so their weight is exactly 0;
-    fused = sum of weighted streams (U, k); head -> logits.
+    fused = sum of weighted streams (U, k); head -> logits. The per-modality maps P_m, Q_m
+    run stacked (one batched matmul for all M), on the valid units only.
 
-    aux: "losses" (unweighted infonce, regression, decorrelation, orthogonality on at most
-    aux_rows sampled valid units, each over the units where its modalities are present);
+    aux: "losses" (training only: unweighted infonce, regression, decorrelation,
+    orthogonality on at most aux_rows sampled valid units, each over the units where its
+    modalities are present; {} in evaluation, where nothing reads them);
     "gates" (N_valid, 1+M) for the valid units in batch.valid order, "gate_names";
     "shared"/"private": modality -> z_m / q_m (N, k) of the sampled units, with
     "aux_rows" (N,) their flat unit indices and "aux_present": modality -> (N,) bool.
@@ -154,12 +158,12 @@ class DSRSDFusion(nn.Module):
         self.modalities = tuple(modalities)
         M = len(self.modalities)
         self.aux_rows, self.tau, self.orth_private_pairs = aux_rows, tau, orth_private_pairs
+        self.shared = nn.Sequential(StackedLinear(stacks=M, d_in=d, d_out=d), nn.GELU(),
+                                    StackedLinear(stacks=M, d_in=d, d_out=d))                 # P_m, stacked
         # Both k-sized streams end in a LayerNorm without gain: every stream the gate weighs
         # has the same scale (so gate weights say how much each one counts), and the VICReg
         # variance hinge measures collapse of the shared space, not its scale.
-        self.shared = nn.ModuleDict({m: mlp(d, d, d) for m in self.modalities})              # P_m
-        self.private = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, k), nn.LayerNorm(k, elementwise_affine=False))
-                                      for m in self.modalities})                              # Q_m
+        self.private = StackedLinear(stacks=M, d_in=d, d_out=k)                              # Q_m (+ the norm)
         self.align = nn.Sequential(mlp(d, d, k), nn.LayerNorm(k, elementwise_affine=False))  # G, shared by all
         self.predictors = nn.ModuleDict({f"{a}->{b}": nn.Linear(k, k) for a, b in permutations(self.modalities, 2)})
         self.gate = mlp((1 + M) * k, d, 1 + M)
@@ -171,49 +175,56 @@ class DSRSDFusion(nn.Module):
         if wrong:
             raise BadInput(f"cannot ablate {sorted(wrong)}; valid entries: {', '.join(sorted(valid))}")
 
+    def _kept(self, ablate: frozenset[str], stream: str, device: torch.device) -> Tensor:
+        """(M, 1) bool: True where modality m's `stream` is not ablated."""
+        return torch.tensor([[f"{m}.{stream}" not in ablate] for m in self.modalities], device=device)
+
     def forward(self, encoded: dict[str, Encoded], present: dict[str, Tensor], batch: Batch, *,
                 ablate: frozenset[str] = frozenset()) -> ModelOutput:
         self._check(ablate)
         names = self.modalities
-        h = {m: encoded[m].h.reshape(-1, encoded[m].h.shape[-1]) for m in names}   # (U, d)
-        here = {m: present[m].reshape(-1) for m in names}                            # (U,)
-        s = {m: self.shared[m](h[m]) for m in names}                                 # (U, d)
-        p = {m: h[m] - s[m] for m in names}                                          # (U, d)
-        q = {m: self.private[m](p[m]) for m in names}                                # (U, k)
-        z = {m: self.align(s[m]) for m in names}                                     # (U, k)
+        # Only the valid units are fused (padding gets logit 0): V of the U = B x T units.
+        units = batch.valid.reshape(-1).nonzero().squeeze(1)                                 # (V,)
+        h = torch.stack([encoded[m].h.flatten(0, -2).index_select(0, units) for m in names])  # (M, V, d)
+        here = torch.stack([present[m].reshape(-1).index_select(0, units) for m in names])  # (M, V)
+        s = self.shared(h)                                                                   # (M, V, d)
+        p = h - s                                                                            # (M, V, d)
+        q = self.private(p)
+        q = F.layer_norm(q, q.shape[-1:])                                                    # (M, V, k)
+        z = self.align(s)                                                                    # (M, V, k)
 
-        in_consensus = torch.stack([here[m] & (f"{m}.shared" not in ablate) for m in names], dim=1)   # (U, M)
-        weight = in_consensus.to(z[names[0]].dtype)
-        c = (torch.stack([z[m] for m in names], 1) * weight.unsqueeze(-1)).sum(1) / weight.sum(1, keepdim=True).clamp(min=1)
-        streams = torch.stack([c, *(q[m] for m in names)], dim=1)                    # (U, 1+M, k)
-        private_open = torch.stack([here[m] & (f"{m}.private" not in ablate) for m in names], dim=1)  # (U, M)
+        in_consensus = here & self._kept(ablate, "shared", here.device)                      # (M, V)
+        weight = in_consensus.to(z.dtype).unsqueeze(-1)                                      # (M, V, 1)
+        c = (z * weight).sum(0) / weight.sum(0).clamp(min=1)                                 # (V, k)
+        streams = torch.cat([c.unsqueeze(0), q])                                             # (1+M, V, k)
+        private_open = here & self._kept(ablate, "private", here.device)                     # (M, V)
         # The consensus stays open when nothing else is, so every unit has one stream.
-        consensus_open = in_consensus.any(1) | ~private_open.any(1)
-        is_open = torch.cat([consensus_open.unsqueeze(1), private_open], dim=1)       # (U, 1+M)
-        scores = self.gate(streams.flatten(1)).float().masked_fill(~is_open, float("-inf"))
-        gates = torch.softmax(scores, dim=-1)                                         # (U, 1+M)
-        fused = (gates.unsqueeze(-1) * streams).sum(1)                                # (U, k)
-        logits = to_logits(self.head(fused), batch)
+        consensus_open = in_consensus.any(0) | ~private_open.any(0)                          # (V,)
+        is_open = torch.cat([consensus_open.unsqueeze(0), private_open]).T                   # (V, 1+M)
+        scores = self.gate(streams.transpose(0, 1).flatten(1)).float().masked_fill(~is_open, float("-inf"))
+        gates = torch.softmax(scores, dim=-1)                                                # (V, 1+M)
+        fused = (gates.T.unsqueeze(-1) * streams).sum(0)                                     # (V, k)
+        y = self.head(fused)                                                                 # (V, C)
+        logits = to_logits(y.new_zeros(batch.valid.numel(), y.shape[-1]).index_copy(0, units, y), batch)
 
-        valid = batch.valid.reshape(-1)
-        rows = sample_aux_rows(valid, self.aux_rows, training=self.training)          # (N,)
-        aux_losses = self._aux_losses(
-            z={m: z[m][rows] for m in names}, s={m: s[m][rows] for m in names},
-            p={m: p[m][rows] for m in names}, here={m: here[m][rows] for m in names},
-        )
+        picks = sample_aux_rows(units.numel(), self.aux_rows, training=self.training, device=units.device)  # (N,)
+        z_rows, here_rows = z[:, picks], here[:, picks]                                      # (M, N, k), (M, N)
+        aux_losses = self._aux_losses(z=z_rows, s=s[:, picks], p=p[:, picks], here=here_rows) if self.training else {}
         aux = {
             "losses": aux_losses,
-            "gates": gates[valid].detach(),
+            "gates": gates.detach(),
             "gate_names": ["consensus", *names],
-            "shared": {m: z[m][rows].detach() for m in names},
-            "private": {m: q[m][rows].detach() for m in names},
-            "aux_rows": rows,
-            "aux_present": {m: here[m][rows] for m in names},
+            "shared": {m: z_rows[i].detach() for i, m in enumerate(names)},
+            "private": {m: q[i, picks].detach() for i, m in enumerate(names)},
+            "aux_rows": units[picks],
+            "aux_present": {m: here_rows[i] for i, m in enumerate(names)},
         }
         return ModelOutput(logits, aux)
 
-    def _aux_losses(self, *, z: dict, s: dict, p: dict, here: dict) -> dict[str, Tensor]:
+    def _aux_losses(self, *, z: Tensor, s: Tensor, p: Tensor, here: Tensor) -> dict[str, Tensor]:
+        """z (M, N, k), s and p (M, N, d), here (M, N) of the sampled units -> unweighted losses."""
         names = self.modalities
+        z, s, p, here = ({m: x[i] for i, m in enumerate(names)} for x in (z, s, p, here))
         predictors = {(a, b): self.predictors[f"{a}->{b}"] for a, b in permutations(names, 2)}
         orth = [losses.orthogonality(s[m], p[m], here[m]) for m in names]
         if self.orth_private_pairs:
@@ -291,15 +302,17 @@ class CoAttentionFusion(nn.Module):
         names = self.modalities
         normed = {m: self.norm[m](encoded[m].tokens) for m in names}                 # (B, L_m, d)
         if self.per_step:
-            steps = same_or_earlier_bundles(batch.context["bundle_group"], batch.valid)   # (B, T, T)
+            steps = attention_bias(same_or_earlier_bundles(batch.context["bundle_group"], batch.valid))   # (B, 1, T, T)
+            bias = {b: steps for b in names}
+        else:
+            bias = {b: attention_bias(encoded[b].token_mask.unsqueeze(1)) for b in names}           # (B, 1, 1, L_b)
         pooled = []
         for a in names:
             u = encoded[a].tokens
             others = [b for b in names if b != a]
             if others:
                 u = u + torch.stack([
-                    self.cross[f"{a}->{b}"](normed[a], normed[b], steps if self.per_step else encoded[b].token_mask.unsqueeze(1))
-                    for b in others
+                    self.cross[f"{a}->{b}"](normed[a].unsqueeze(0), normed[b].unsqueeze(0), bias[b])[0] for b in others
                 ]).mean(0)
             u = u + self.mlp[a](u)                                                   # (B, L_a, d)
             if not self.per_step:
@@ -333,7 +346,8 @@ class EarlyFusionEdNet(nn.Module):
             view, here = view_of(batch), present[m].unsqueeze(-1)                   # View (B, T, d) x2, (B, T, 1)
             query = query + torch.where(here, view.query, self.absent[m])
             memory = memory + torch.where(here, view.memory, self.absent[m])
-        h = self.core(View(query, memory), batch.context["response"], batch.context["bundle_group"], batch.valid)
+        one = View(query.unsqueeze(0), memory.unsqueeze(0))                          # a stack of one: (1, B, T, d) x2
+        h = self.core(one, batch.context["response"], batch.context["bundle_group"], batch.valid)[0]   # (B, T, d)
         return ModelOutput(to_logits(self.head(h.reshape(-1, h.shape[-1])), batch), {"losses": {}})
 
 

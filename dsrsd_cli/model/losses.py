@@ -41,25 +41,47 @@ def _mean(terms: list[Tensor], like: Tensor) -> Tensor:
     return torch.stack(terms).mean() if terms else _zero(like)
 
 
+# exp(-80) is still a normal float32: a similarity shifted down by its bound 1/tau never
+# underflows to 0 while 2/tau stays below this.
+_MAX_SHIFTED_RANGE = 80.0
+
+
 @_float32
 def info_nce(z: Mapping[str, Tensor], present: Mapping[str, Tensor], tau: float) -> Tensor:
     """Symmetric InfoNCE between every pair of modalities (mean over pairs).
 
     z: modality -> (N, k); present: modality -> (N,) bool. For a pair (a, b), only rows
     where both are present count; row i of a and row i of b are the positive pair, the
-    other rows are negatives. Cosine similarity / tau.
+    other rows are negatives. Cosine similarity / tau; the loss of a pair is the mean of
+    the a->b and b->a cross-entropies.
     """
     terms = []
     for a, b in combinations(sorted(z), 2):
-        rows = present[a] & present[b]
-        if int(rows.sum()) < 2:
+        rows = (present[a] & present[b]).nonzero().squeeze(1)
+        if rows.numel() < 2:
             continue
-        za = F.normalize(z[a][rows].float(), dim=-1)         # (n, k)
-        zb = F.normalize(z[b][rows].float(), dim=-1)
-        logits = za @ zb.T / tau                              # (n, n)
-        target = torch.arange(logits.shape[0], device=logits.device)
-        terms.append(0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)))
+        za = F.normalize(z[a].index_select(0, rows).float(), dim=-1)      # (n, k)
+        zb = F.normalize(z[b].index_select(0, rows).float(), dim=-1)
+        terms.append(_symmetric_cross_entropy(za, zb, tau))
     return _mean(terms, next(iter(z.values())))
+
+
+def _symmetric_cross_entropy(za: Tensor, zb: Tensor, tau: float) -> Tensor:
+    """0.5 (CE over rows + CE over columns) of the logits za @ zb.T / tau, targets on the
+    diagonal; za, zb (n, k) unit rows.
+
+    The logits are bounded by 1/tau, so one exp of the logits shifted by that bound gives
+    both the row and the column sums (log-sum-exp without a per-row maximum): a single
+    pass over the n x n matrix where cross_entropy would take four. For a tau so small
+    that the shifted exp could underflow, the two cross-entropies are taken as usual.
+    """
+    positives = (za * zb).sum(-1) / tau                                  # (n,) the diagonal
+    if 2.0 / tau > _MAX_SHIFTED_RANGE:
+        target = torch.arange(za.shape[0], device=za.device)
+        return 0.5 * (F.cross_entropy(za @ zb.T / tau, target) + F.cross_entropy(zb @ za.T / tau, target))
+    shifted = torch.addmm(za.new_tensor(-1.0 / tau), za, zb.T, alpha=1.0 / tau).exp()   # (n, n) in (0, 1]
+    log_sums = 0.5 * (shifted.sum(1).log().mean() + shifted.sum(0).log().mean())
+    return log_sums + 1.0 / tau - positives.mean()
 
 
 @_float32

@@ -13,7 +13,7 @@ from torch import nn
 
 from dsrsd_cli.config import LossConfig, ModelConfig
 from dsrsd_cli.errors import BadInput
-from dsrsd_cli.model.encoders import build_core, build_encoder, build_inputs
+from dsrsd_cli.model.encoders import build_core, build_encoders, build_inputs
 from dsrsd_cli.model.fusion import (
     EARLY, CoAttentionFusion, ConcatFusion, DSRSDFusion, LateFusion, MultimodalModel,
 )
@@ -58,8 +58,8 @@ def build_model(spec: DataSpec, model_cfg: ModelConfig, loss_cfg: LossConfig) ->
 
 
 def _multimodal(spec: DataSpec, cfg: ModelConfig, fusion: nn.Module, modalities: Sequence[str]) -> MultimodalModel:
-    encoders = {m: build_encoder(spec, m, cfg) for m in modalities}
-    return MultimodalModel(encoders=encoders, fusion=fusion, d=cfg.d_model, modality_dropout=cfg.modality_dropout)
+    return MultimodalModel(encoders=build_encoders(spec, modalities, cfg), modalities=tuple(modalities), fusion=fusion,
+                           d=cfg.d_model, modality_dropout=cfg.modality_dropout)
 
 
 @register("dsrsd")

@@ -44,6 +44,7 @@ class ModelConfig(_Strict):
     n_layers: int = Field(1, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     modality_dropout: float = Field(0.15, ge=0.0, lt=1.0)
+    private_dropout: float = Field(0.0, ge=0.0, lt=1.0)   # DSRSD-Net: close each private stream in training
 
 
 class LossConfig(_Strict):

@@ -128,6 +128,19 @@ def test_dsrsd_gate_weights_of_absent_units_are_exactly_zero(data):
         assert bool((gates[~absent, 1 + i] > 0).all())
 
 
+@pytest.mark.parametrize("data", ["ednet", "oulad"])
+def test_dsrsd_private_dropout_closes_private_streams_in_training_only(data):
+    spec, batch = fake(data)
+    model = build(spec, "dsrsd", private_dropout=0.5, modality_dropout=0.0)
+    present = torch.stack([batch.present[m][batch.valid] for m in spec.modalities], dim=1)   # (N, M)
+    gates = model.train()(batch).aux["gates"]                                                # (N, 1 + M)
+    closed = (gates[:, 1:] == 0) & present
+    assert 0.3 < closed.sum() / present.sum() < 0.7          # about half of the present private streams
+    assert torch.allclose(gates.sum(-1), torch.ones(gates.shape[0]))
+    gates = model.eval()(batch).aux["gates"]
+    assert not bool(((gates[:, 1:] == 0) & present).any())   # evaluation: every present stream open
+
+
 def _ednet_target_step(batch) -> tuple[int, torch.Tensor, torch.Tensor]:
     """(bundle g, its steps, steps of bundle g-1) in row 0: a bundle of >= 2 questions with
     bundles before and after it."""

@@ -11,13 +11,14 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from dsrsd_cli.data.sample import write_sample
-from dsrsd_cli.data.sample_oulad import BURSTY_TYPES, QUOTED_FILES, simulate_oulad, write_oulad_sample
+from dsrsd_cli.data.sample_oulad import BURSTY_TYPES, QUOTED_FILES, oracle_at_risk, simulate_oulad, write_oulad_sample
 from dsrsd_cli.errors import BadInput
 
 CSV_FILES = ("courses.csv", "assessments.csv", "vle.csv", "studentInfo.csv", "studentRegistration.csv",
              "studentAssessment.csv", "studentVle.csv")
 KEY = ["code_module", "code_presentation", "id_student"]
 PROBS = ["p_Pass", "p_Fail", "p_Withdrawn", "p_Distinction"]
+ORACLE_COLUMNS = ["p_fail_if_stay", "p_distinction_if_stay", "date_unregistration", "hazard_first_week", "weekly_hazard"]
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -166,8 +167,8 @@ def test_bursty_types_have_high_variance(big):
 # ---------------------------------------------------------------- ground truth
 def test_ground_truth_is_consistent_and_predicts_the_outcome(small, big):
     gt = pd.read_parquet(small / "ground_truth.parquet")
-    assert list(gt.columns) == KEY + PROBS + ["p_at_risk"]
-    assert all(gt[c].dtype == np.float64 for c in PROBS + ["p_at_risk"])
+    assert list(gt.columns) == KEY + PROBS + ["p_at_risk", *ORACLE_COLUMNS]
+    assert all(gt[c].dtype == np.float64 for c in PROBS + ["p_at_risk", "p_fail_if_stay", "date_unregistration"])
     info = _read(small / "studentInfo.csv")
     assert list(zip(gt["code_module"], gt["code_presentation"], gt["id_student"].astype(str))) == list(
         zip(info["code_module"], info["code_presentation"], info["id_student"]))
@@ -183,6 +184,36 @@ def test_ground_truth_is_consistent_and_predicts_the_outcome(small, big):
     # Calibrated: the outcomes were drawn from these probabilities.
     for result in ("Pass", "Fail", "Withdrawn", "Distinction"):
         assert gt[f"p_{result}"].mean() == pytest.approx((info["final_result"] == result).mean(), abs=0.025)
+
+
+def test_oracle_conditions_on_the_withdrawal_the_logs_show(big):
+    """At the end of the presentation the logs show who withdrew: the oracle knows it too,
+    and beats the latent-only p_at_risk that a model reading the logs can beat."""
+    gt, info = big.ground_truth, big.tables["studentInfo.csv"]
+    at_risk = info["final_result"].isin(["Fail", "Withdrawn"]).to_numpy()
+    end = oracle_at_risk(gt, None)
+    withdrawn = (info["final_result"] == "Withdrawn").to_numpy()
+    assert (end[withdrawn] == 1.0).all() and (end[~withdrawn] < 1.0).all()
+    assert gt["date_unregistration"].notna().to_numpy().tolist() == withdrawn.tolist()
+    assert roc_auc_score(at_risk, end) > roc_auc_score(at_risk, gt["p_at_risk"]) + 0.03
+    assert big.params["oracle_auc_at_risk_end"] == pytest.approx(roc_auc_score(at_risk, end), abs=1e-4)
+
+
+@pytest.mark.parametrize("cutoff", [60, 150])
+def test_oracle_at_a_cutoff_is_calibrated_on_that_cutoffs_population(big, cutoff):
+    gt, info = big.ground_truth, big.tables["studentInfo.csv"]
+    p = oracle_at_risk(gt, cutoff)
+    gone = (gt["date_unregistration"] < cutoff).to_numpy()
+    assert p.isna().to_numpy().tolist() == gone.tolist()        # not in that cutoff's population
+    kept = ~gone
+    y = info["final_result"].isin(["Fail", "Withdrawn"]).to_numpy()[kept]
+    p = p.to_numpy()[kept]
+    assert ((p >= 0) & (p <= 1)).all()
+    # the outcomes were drawn from these probabilities: calibrated overall and by quartile
+    assert p.mean() == pytest.approx(y.mean(), abs=0.025)
+    quartile = np.digitize(p, np.quantile(p, [0.25, 0.5, 0.75]))
+    for q in range(4):
+        assert p[quartile == q].mean() == pytest.approx(y[quartile == q].mean(), abs=0.06)
 
 
 # ---------------------------------------------------------------- strengths

@@ -72,8 +72,13 @@ engagement E but carry no exclusive information about the outcome. E is the shar
 ground_truth.parquet holds, per registration, p_Pass, p_Fail, p_Withdrawn, p_Distinction
 (float64, summing to 1): the probabilities the final_result was drawn from, given all the
 latents and the potential assessment results above (everything except the final draws),
-and p_at_risk = p_Fail + p_Withdrawn. Their AUC against the drawn outcome is the
-Bayes-optimal AUC an oracle reaches (sample_params.json: ground_truth_auc_at_risk).
+and p_at_risk = p_Fail + p_Withdrawn (sample_params.json: ground_truth_auc_at_risk). The
+logs show the withdrawal draw, though (clicks and submissions stop), so these are not an
+upper bound for a model that reads them. The oracle is `oracle_at_risk(truth, cutoff_day)`,
+built from the other columns: P(Fail | stays) and P(Distinction | stays), the drawn
+date_unregistration and the weekly withdrawal hazard (from week hazard_first_week); it
+conditions on the latents and on what the logs show by the cutoff
+(sample_params.json: oracle_auc_at_risk_end for the end of the presentation).
 
 Cohorts: 2014J registrations include 2013J students who failed or withdrew retaking the same
 module (RETAKE_PROB; num_of_prev_attempts + 1, same student latents) and 2013J passers taking
@@ -476,6 +481,8 @@ def _simulate_presentation(rng, pres: Presentation, regs: pd.DataFrame, students
         "regs": regs,
         "students": stu,
         "probs": probs,
+        "if_stay": np.stack([p_fail, p_distinction], axis=1),                          # (n, 2)
+        "hazard": (int(weeks[0]), hazard),                                             # first week, (n, W)
         "latents": pd.DataFrame({"ability": A, "engagement": E, "click_habit": V, "click_trend": S,
                                  "burstiness": B, "demographic_risk": D, "mark_z": mark_z}),
         "tma_scores": np.where(made & ~pot["banked"], pot["score"], np.nan)[:, tma],   # what a retake may bank
@@ -703,10 +710,14 @@ def _assemble(per_pres: list[dict], *, seed: int, n_registrations: int, strength
             **key, "id_student": id_student, "date_registration": regs["date_registration"].to_numpy(),
             "date_unregistration": np.array(["" if np.isnan(u) else int(u) for u in unreg], dtype=object),
         }).iloc[by_student])
-        probs = p["probs"]
+        probs, first_week, hazard = p["probs"], *p["hazard"]
         gt.append(pd.DataFrame({**key, "id_student": id_student,
                                 **{f"p_{r}": probs[:, i] for i, r in enumerate(RESULTS)},
-                                "p_at_risk": probs[:, 1] + probs[:, 2]}).iloc[by_student])
+                                "p_at_risk": probs[:, 1] + probs[:, 2],
+                                "p_fail_if_stay": p["if_stay"][:, 0], "p_distinction_if_stay": p["if_stay"][:, 1],
+                                "date_unregistration": unreg.astype(np.float64),
+                                "hazard_first_week": np.full(len(regs), first_week, np.int64),
+                                "weekly_hazard": list(hazard)}).iloc[by_student])
         latents.append(p["latents"].assign(**key, id_student=id_student,
                                            final_result=regs["final_result"].to_numpy()).iloc[by_student])
 
@@ -760,8 +771,43 @@ def _assemble(per_pres: list[dict], *, seed: int, n_registrations: int, strength
         },
         "final_result": {r: int((info_df["final_result"] == r).sum()) for r in RESULTS},
         "ground_truth_auc_at_risk": _auc(gt_df["p_at_risk"].to_numpy(), at_risk),
+        "oracle_auc_at_risk_end": _auc(oracle_at_risk(gt_df, None).to_numpy(), at_risk),
     }
     return OuladSample(tables=tables, ground_truth=gt_df, latents=lat_df, params=params)
+
+
+def oracle_at_risk(truth: pd.DataFrame, cutoff_day: int | None) -> pd.Series:
+    """P(at risk | every latent, what the logs show by the cutoff) per row of ground_truth.parquet.
+
+    This is the oracle a model with the same cutoff is measured against. The logs reveal
+    the withdrawal draw (clicks and submissions stop, exams are missing), so an oracle that
+    ignores it (p_at_risk) is not an upper bound: a model can beat it. Given the latents
+    and the withdrawal status the outcome is independent of everything logged, so this is.
+    - cutoff None (end of the presentation, everyone predicted): 1 for the withdrawn,
+      P(Fail | stays) for the others;
+    - cutoff day c (only students still registered at c are predicted): P(withdraw on or
+      after day c | still registered at c) + P(stay | registered at c) * P(Fail | stays);
+      rows that unregistered before c get NaN (they are not in that population).
+    """
+    withdrawn = truth["date_unregistration"].notna().to_numpy()
+    fail = truth["p_fail_if_stay"].to_numpy()
+    if cutoff_day is None:
+        return pd.Series(np.where(withdrawn, 1.0, fail), index=truth.index)
+    p = np.empty(len(truth))
+    lengths = truth["weekly_hazard"].map(len).to_numpy()
+    for width in np.unique(lengths):          # presentations differ in length: one block per width
+        rows = np.flatnonzero(lengths == width)
+        hazard = np.stack(truth["weekly_hazard"].to_numpy()[rows])                         # (n, W)
+        week = truth["hazard_first_week"].to_numpy()[rows, None] + np.arange(width)        # (n, W)
+        survive = np.cumprod(1.0 - hazard, axis=1)
+        p_week = hazard * np.hstack([np.ones((len(rows), 1)), survive[:, :-1]])            # P(withdraw in week w)
+        # the day is uniform inside its week: the share of week w's days on or after the cutoff
+        on_or_after = np.clip((7 * week + 7 - cutoff_day) / 7.0, 0.0, 1.0)
+        leave_later = (p_week * on_or_after).sum(axis=1)
+        stay = survive[:, -1]
+        p[rows] = (leave_later + stay * fail[rows]) / np.maximum(leave_later + stay, 1e-300)
+    gone = truth["date_unregistration"].to_numpy() < cutoff_day                            # NaN compares False
+    return pd.Series(np.where(gone, np.nan, p), index=truth.index)
 
 
 def _auc(score: np.ndarray, label: np.ndarray) -> float | None:

@@ -152,10 +152,11 @@ class DSRSDFusion(nn.Module):
 
     def __init__(
         self, *, modalities: tuple[str, ...], d: int, k: int, n_outputs: int, dropout: float,
-        aux_rows: int, tau: float, orth_private_pairs: bool,
+        aux_rows: int, tau: float, orth_private_pairs: bool, private_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
+        self.private_dropout = private_dropout
         M = len(self.modalities)
         self.aux_rows, self.tau, self.orth_private_pairs = aux_rows, tau, orth_private_pairs
         self.shared = nn.Sequential(StackedLinear(stacks=M, d_in=d, d_out=d), nn.GELU(),
@@ -198,6 +199,11 @@ class DSRSDFusion(nn.Module):
         c = (z * weight).sum(0) / weight.sum(0).clamp(min=1)                                 # (V, k)
         streams = torch.cat([c.unsqueeze(0), q])                                             # (1+M, V, k)
         private_open = here & self._kept(ablate, "private", here.device)                     # (M, V)
+        if self.training and self.private_dropout > 0:
+            # Private streams hold what only their modality knows, so they are what a missing
+            # modality takes away; closing them at random teaches the head to lean on the
+            # consensus, which the other modalities' aligned shared streams still carry.
+            private_open = private_open & (torch.rand(private_open.shape, device=here.device) >= self.private_dropout)
         # The consensus stays open when nothing else is, so every unit has one stream.
         consensus_open = in_consensus.any(0) | ~private_open.any(0)                          # (V,)
         is_open = torch.cat([consensus_open.unsqueeze(0), private_open]).T                   # (V, 1+M)

@@ -67,6 +67,7 @@ def _dsrsd(spec: DataSpec, cfg: ModelConfig, loss: LossConfig, variant: str | No
     fusion = DSRSDFusion(
         modalities=spec.modalities, d=cfg.d_model, k=cfg.k_shared, n_outputs=spec.n_outputs, dropout=cfg.dropout,
         aux_rows=loss.aux_rows, tau=loss.tau, orth_private_pairs=loss.orth_private_pairs,
+        private_dropout=cfg.private_dropout,
     )
     return _multimodal(spec, cfg, fusion, spec.modalities)
 

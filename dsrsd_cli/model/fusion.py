@@ -139,8 +139,10 @@ class DSRSDFusion(nn.Module):
     q_m = Q_m(p_m) (U, k); z_m = G(s_m) (U, k) with ONE head G for all modalities.
     Consensus c = mean of the present z_m. A gate network scores [c, q_1..q_M] from their
     concatenation; absent (or ablated) streams get -inf, so their weight is exactly 0;
-    fused = sum of weighted streams (U, k); head -> logits. The per-modality maps P_m, Q_m
-    run stacked (one batched matmul for all M), on the valid units only.
+    fused = sum of weighted streams (U, k); head -> logits. In training, `private_dropout`
+    also closes each private stream at random (robustness to a missing modality). The
+    per-modality maps P_m, Q_m run stacked (one batched matmul for all M), on the valid
+    units only.
 
     aux: "losses" (training only: unweighted infonce, regression, decorrelation,
     orthogonality on at most aux_rows sampled valid units, each over the units where its

@@ -24,3 +24,13 @@ def _few_threads():
     except ImportError:
         pass
     yield
+
+
+@pytest.fixture(scope="session")
+def oulad_sample(tmp_path_factory) -> Path:
+    """A prepared built-in OULAD sample of 300 registrations; tests only read it."""
+    from dsrsd_cli.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("oulad_sample") / "oulad"
+    prepare_dataset(dataset="oulad", raw=None, out=out, sample_size=300, seed=0)
+    return out

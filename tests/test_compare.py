@@ -97,12 +97,8 @@ MODELS = "dsrsd,late,single:clicks"
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    from dsrsd_cli.data.prepare import prepare_dataset
-
-    out = tmp_path_factory.mktemp("compare") / "oulad"
-    prepare_dataset(dataset="oulad", raw=None, out=out, sample_size=300, seed=0)
-    return out
+def data(oulad_sample) -> Path:
+    return oulad_sample
 
 
 @pytest.fixture(scope="module")

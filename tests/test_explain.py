@@ -161,12 +161,8 @@ def test_explain_cli_prints_json_on_stdout_and_the_table_on_stderr(item_run, cap
 
 
 @pytest.fixture(scope="module")
-def oulad_data(tmp_path_factory) -> Path:
-    from dsrsd_cli.data.prepare import prepare_dataset
-
-    out = tmp_path_factory.mktemp("explain_oulad") / "oulad"
-    prepare_dataset(dataset="oulad", raw=None, out=out, sample_size=300, seed=0)
-    return out
+def oulad_data(oulad_sample) -> Path:
+    return oulad_sample
 
 
 @pytest.mark.parametrize("model", ["dsrsd", "concat"])

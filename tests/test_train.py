@@ -134,12 +134,8 @@ def _assert_same_result(run: Path, reference: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def oulad_data(tmp_path_factory) -> Path:
-    from dsrsd_cli.data.prepare import prepare_dataset
-
-    out = tmp_path_factory.mktemp("data") / "oulad"
-    prepare_dataset(dataset="oulad", raw=None, out=out, sample_size=300, seed=0)
-    return out
+def oulad_data(oulad_sample) -> Path:
+    return oulad_sample
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,25 @@
-"""Quality benchmark (issue 6): DSRSD-Net against every baseline, the oracle, and gradient boosting.
+"""Quality benchmark: DSRSD-Net against every baseline and the gbdt reference, the oracle,
+the paper's ablation table, learning curves and the mechanism diagnostics.
 
-    python benchmarks/quality.py --out bench_out/quality            # the full plan (about an hour on 2 cores)
-    python benchmarks/quality.py --seeds 2 --epochs 3 --parts oulad,real   # a quicker look
+    python benchmarks/quality.py                                   # every part (hours on 2 cores)
+    python benchmarks/quality.py --parts oulad,ablation-oulad --seeds 5
+    python benchmarks/quality.py --parts ednet,curve-ednet --seeds 3 --models dsrsd,early,gbdt
 
-For each built-in sample (default size): prepare it, train every registered model with the
-same preset, data, budget and seeds (2 runs at a time, 1 thread each), compare them with
-`dsrsd compare` (paired clustered-DeLong tests against DSRSD-Net, absent-modality AUCs), and
-compute the oracle AUC of the ground-truth probabilities on the same test rows. On the real
-OULAD extract (tests/fixtures/oulad: 32,593 registrations), train DSRSD-Net for at_risk at
-cutoff day 100 and fit scikit-learn's HistGradientBoostingClassifier on features flattened
-from the very same tensors (same rows, same split, same cutoff). Writes OUT/quality.md.
-Tuning happens on validation data only: every figure here is read once, from test.
+Parts (each writes OUT/parts/<part>.md; OUT/quality.md joins every part that exists, so
+parts may be run in separate invocations):
+  ednet, oulad          built-in sample (default size): every registered model incl. gbdt with
+                        the same preset, data, budget and seeds (2 runs at a time, 1 thread
+                        each), `dsrsd compare` (paired clustered-DeLong tests against DSRSD-Net,
+                        absent-modality AUCs), the oracle AUC on the same test rows, and
+                        DSRSD-Net's mechanism diagnostics (validation, seed 0).
+  real                  the real OULAD extract (tests/fixtures/oulad, 32,593 registrations),
+                        at_risk at cutoff day 100: dsrsd, early and gbdt.
+  ablation-ednet/-oulad dsrsd and its six registry ablations (`dsrsd:no-align`, ...): test AUC
+                        with paired p, validation AUC, AUC drop without each modality.
+  curve-ednet/-oulad    learning curve: the models at train fractions 0.1 and 0.3 (nested,
+                        seeded subsamples of the training learners) and 1.0 (the runs of the
+                        sample part, reused when present).
+Tuning happens on validation data only: every test figure here is read once.
 """
 
 from __future__ import annotations
@@ -22,17 +31,22 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
-    "ednet": "dsrsd,early,late,concat,coattn,single:item,single:content,single:behavior",
-    "oulad": "dsrsd,early,late,concat,coattn,single:demographics,single:clicks,single:assessments",
+    "ednet": "dsrsd,early,late,concat,coattn,single:item,single:content,single:behavior,gbdt",
+    "oulad": "dsrsd,early,late,concat,coattn,single:demographics,single:clicks,single:assessments,gbdt",
 }
+ABLATIONS = "dsrsd,dsrsd:no-align,dsrsd:no-decorr,dsrsd:no-orth,dsrsd:no-private,dsrsd:no-shared,dsrsd:mean-gate"
+CURVE_MODELS = "dsrsd,early,gbdt"
+CURVE_FRACTIONS = (0.1, 0.3, 1.0)
 PRESETS = {"ednet": "default", "oulad": "oulad"}
+REAL_OVERRIDES = ["data.target=at_risk", "data.cutoff_day=100"]
 
+
+# ---------------------------------------------------------------- training in parallel
 
 def _train_one(job: tuple[dict, str]) -> str:
     from rich.console import Console
@@ -44,18 +58,43 @@ def _train_one(job: tuple[dict, str]) -> str:
     cfg = RunConfig.model_validate(cfg_dict)
     t0 = time.time()
     ensure_run(cfg, Path(run_dir), console=Console(stderr=True, quiet=True), quiet=True)
-    print(f"  trained {cfg.model.name} seed {cfg.train.seed} in {time.time() - t0:.0f}s", flush=True)
+    print(f"  trained {cfg.model.name} seed {cfg.train.seed} ({run_dir}) in {time.time() - t0:.0f}s", flush=True)
     return run_dir
 
 
 def train_all(preset: str, models: str, seeds: int, overrides: list[str], data: Path, out: Path, workers: int) -> list[Path]:
+    """Every model x seed of the plan into OUT/runs/ (reused when finished), `workers` at a time."""
     from dsrsd_cli.engine.compare import plan_configs, run_folder_name
 
     configs = plan_configs(preset, models=models, seeds=seeds, overrides=[*overrides, "train.threads=1"], data=data)
     jobs = [(c.model_dump(), str(out / "runs" / run_folder_name(c.model.name, c.train.seed))) for c in configs]
+    # the slowest first, so the pool does not end on one long run
+    slow = {"coattn": 0, "dsrsd": 1, "concat": 2, "late": 3}
+    jobs.sort(key=lambda job: slow.get(job[0]["model"]["name"].partition(":")[0], 9))
     with mp.get_context("spawn").Pool(workers) as pool:
-        return [Path(p) for p in pool.map(_train_one, jobs, chunksize=1)]
+        pool.map(_train_one, jobs, chunksize=1)
+    return [Path(run_dir) for _, run_dir in sorted(jobs, key=lambda job: job[1])]
 
+
+def prepared_sample(dataset: str, out: Path) -> Path:
+    from dsrsd_cli.data.prepare import prepare_dataset
+
+    data = out / "data" / dataset
+    if not (data / "manifest.json").exists():
+        prepare_dataset(dataset=dataset, raw=None, out=data, seed=0, force=True)
+    return data
+
+
+def prepared_real_oulad(out: Path) -> Path:
+    from dsrsd_cli.data.prepare import prepare_dataset
+
+    data = out / "data" / "oulad_real"
+    if not (data / "manifest.json").exists():
+        prepare_dataset(dataset="oulad", raw=ROOT / "tests" / "fixtures" / "oulad", out=data, seed=0, force=True)
+    return data
+
+
+# ---------------------------------------------------------------- oracle and diagnostics
 
 def oracle_auc(dataset: str, data: Path, run_dir: Path) -> dict[str, float]:
     """AUC of the simulator's true probabilities on the run's test rows.
@@ -85,146 +124,217 @@ def oracle_auc(dataset: str, data: Path, run_dir: Path) -> dict[str, float]:
     return {name: float(roc_auc_score(rows["label"], rows[col])) for name, col in columns.items()}
 
 
-def sample_part(dataset: str, args, report: list[str], targets: list[tuple[str, bool, str]]) -> None:
-    from dsrsd_cli.data.prepare import prepare_dataset
-    from dsrsd_cli.engine.compare import compare
+def mechanisms(run_dir: Path) -> dict:
+    """DSRSD-Net's mechanism diagnostics on validation (the last epoch's, from history.csv) and
+    on test (`dsrsd explain`)."""
+    from dsrsd_cli.engine.explain import explain_run
 
-    data = args.out / "data" / dataset
-    if not (data / "manifest.json").exists():
-        prepare_dataset(dataset=dataset, raw=None, out=data, seed=0, force=True)
-    overrides = ([f"train.epochs={args.epochs}"] if args.epochs else []) + args.set
-    t0 = time.time()
-    models = MODELS[dataset] if args.models is None else args.models
-    runs = train_all(PRESETS[dataset], models, args.seeds, overrides, data, args.out / f"compare_{dataset}", args.workers)
-    result = compare(runs, out=args.out / f"compare_{dataset}", device="cpu")
-    ref = [m for m in result["models"] if m["label"] == result["reference"]][0]
-    oracles = oracle_auc(dataset, data, Path(ref["runs"][0]["run_dir"]))
-    oracle = oracles["oracle"]
-    full = {m["label"]: m["metrics"]["auc"]["mean"] for m in result["models"]}
-    dsrsd = full[result["reference"]]
-    latent = (f" (the latent-only p_at_risk, which ignores the withdrawal the logs show: {oracles['latent_only']:.4f})"
-              if "latent_only" in oracles else "")
-    report += [f"## Built-in {dataset} sample ({result['test_rows']:,} test rows, {result['learners']:,} learners)", "",
-               f"Oracle AUC (ground-truth probabilities, same test rows): **{oracle:.4f}**{latent}; "
-               f"DSRSD-Net {dsrsd:.4f} (gap {oracle - dsrsd:+.4f}). "
-               f"Training: {time.time() - t0:.0f} s for {len(runs)} runs.", "",
-               "| model | test AUC (mean ± std) | Δ vs DSRSD | p (DeLong, combined) | " + " | ".join(f"AUC w/o {m} (drop)" for m in result["modalities"]) + " |",
-               "|---|---|---|---|" + "---|" * len(result["modalities"])]
+    history = pd.read_csv(run_dir / "history.csv")
+    best = history.iloc[int(history["valid_auc"].idxmax())]
+    valid = {k[5:]: best[k] for k in history.columns if k.startswith("mech_")}
+    test = explain_run(run_dir, split="test", device="cpu")["mechanisms"]
+    return {"valid": valid, "test": test}
+
+
+MECHANISM_ROWS = [
+    ("InfoNCE (shuffled pairs / ln N)", "align_infonce", lambda m: f"{m['align_infonce_shuffled']:.3f} / {m['align_infonce_chance']:.3f}"),
+    ("top-1 retrieval (chance 1/N)", "align_top1", lambda m: f"{m['align_top1_chance']:.4f}"),
+    ("shared effective rank (of k)", "shared_effective_rank", lambda m: f"{m['shared_rank_max']:.0f}"),
+    ("shared mean |off-diag corr|", "shared_mean_abs_offdiag_corr", lambda m: "0"),
+    ("shared per-dim std (mean)", "shared_std_mean", lambda m: "1"),
+    ("|cos(shared, private)| (random)", "sp_abs_cosine", lambda m: f"{m['sp_abs_cosine_chance']:.3f}"),
+    ("gate entropy (max ln G)", "gate_entropy", lambda m: f"{m['gate_entropy_max']:.3f}"),
+    ("dominant stream share", "gate_dominant_share", lambda m: f"{m.get('gate_dominant', '?')}"),
+]
+
+
+def mechanism_lines(diag: dict) -> list[str]:
+    lines = ["| mechanism | validation | test | reference |", "|---|---:|---:|---|"]
+    for label, key, ref in MECHANISM_ROWS:
+        v, t = diag["valid"].get(key), diag["test"].get(key)
+        lines.append(f"| {label} | {'-' if v is None else f'{v:.4f}'} | {'-' if t is None else f'{t:.4f}'} | {ref(diag['test'])} |")
+    return lines
+
+
+# ---------------------------------------------------------------- tables
+
+def comparison_lines(result: dict, *, valid_auc: bool = False) -> list[str]:
+    """Markdown: test AUC mean ± std, Δ and combined DeLong p vs DSRSD-Net, AUC without each modality (drop)."""
+    mods = result["modalities"]
+    head = "| model | test AUC (mean ± std) | Δ vs DSRSD | p (DeLong, combined) |" + (" valid AUC |" if valid_auc else "")
+    lines = [head + " " + " | ".join(f"AUC w/o {m} (drop)" for m in mods) + " |",
+             "|---|---|---|---|" + ("---|" if valid_auc else "") + "---|" * len(mods)]
     for m in result["models"]:
         auc = m["metrics"]["auc"]
         vs = m.get("vs_reference")
         p = vs["combined"]["auc"].get("p") if vs else None
-        drops = [f"{m['absent_auc'][mod]['mean']:.4f} ({auc['mean'] - m['absent_auc'][mod]['mean']:+.4f})" for mod in result["modalities"]]
-        report.append(f"| {m['label']} | {auc['mean']:.4f} ± {auc['std'] or 0:.4f} | {vs['diff']['auc']:+.4f} | {p:.2g} |" if vs else
-                      f"| {m['label']} | {auc['mean']:.4f} ± {auc['std'] or 0:.4f} | — | — |")
-        report[-1] += " " + " | ".join(drops) + " |"
-    report.append("")
+        cells = [m["label"], f"{auc['mean']:.4f} ± {auc['std'] or 0:.4f}",
+                 f"{vs['diff']['auc']:+.4f}" if vs else "—", f"{p:.2g}" if p is not None else "—"]
+        if valid_auc:
+            valid = [json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["valid"]["auc"] for r in m["runs"]]
+            cells.append(f"{sum(valid) / len(valid):.4f}")
+        cells += [f"{m['absent_auc'][mod]['mean']:.4f} ({auc['mean'] - m['absent_auc'][mod]['mean']:+.4f})" for mod in mods]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
-    by_label = {m["label"]: m for m in result["models"]}
-    targets.append((f"{dataset}: DSRSD-Net within 0.01 of the oracle", oracle - dsrsd <= 0.01, f"gap {oracle - dsrsd:+.4f}"))
-    for label, m in by_label.items():
-        if label == result["reference"]:
+
+def drop(result: dict, label: str, modality: str) -> float:
+    m = next(m for m in result["models"] if m["label"] == label)
+    return m["metrics"]["auc"]["mean"] - m["absent_auc"][modality]["mean"]
+
+
+def versus_targets(name: str, result: dict) -> list[tuple[str, bool, str]]:
+    targets = []
+    for m in result["models"]:
+        if m["label"] == result["reference"]:
             continue
         vs = m["vs_reference"]
         p = vs["combined"]["auc"].get("p")
         ahead = vs["diff"]["auc"] < 0 and p is not None and p < 0.05
-        targets.append((f"{dataset}: DSRSD-Net above {label} (p < 0.05)", ahead, f"Δ {-vs['diff']['auc']:+.4f}, p {p:.2g}"))
+        targets.append((f"{name}: DSRSD-Net above {m['label']} (p < 0.05)", ahead, f"Δ {-vs['diff']['auc']:+.4f}, p {p:.2g}"))
+    return targets
 
-    def drop(label: str, mod: str) -> float:
-        m = by_label[label]
-        return m["metrics"]["auc"]["mean"] - m["absent_auc"][mod]["mean"]
 
+# ---------------------------------------------------------------- parts
+
+def sample_part(dataset: str, args) -> tuple[list[str], list]:
+    from dsrsd_cli.engine.compare import compare
+
+    data = prepared_sample(dataset, args.out)
+    t0 = time.time()
+    models = args.models or MODELS[dataset]
+    runs = train_all(PRESETS[dataset], models, args.seeds, args.set, data, args.out / f"compare_{dataset}", args.workers)
+    result = compare(runs, out=args.out / f"compare_{dataset}", device="cpu")
+    ref = next(m for m in result["models"] if m["label"] == result["reference"])
+    ref_run = Path(ref["runs"][0]["run_dir"])
+    oracles = oracle_auc(dataset, data, ref_run)
+    oracle, dsrsd = oracles["oracle"], ref["metrics"]["auc"]["mean"]
+    latent = (f" (the latent-only p_at_risk, which ignores the withdrawal the logs show: {oracles['latent_only']:.4f})"
+              if "latent_only" in oracles else "")
+    lines = [f"## Built-in {dataset} sample ({result['test_rows']:,} test rows, {result['learners']:,} learners, "
+             f"{args.seeds} seeds, preset `{PRESETS[dataset]}`)", "",
+             f"Oracle AUC (ground-truth probabilities, same test rows): **{oracle:.4f}**{latent}; "
+             f"DSRSD-Net {dsrsd:.4f} (gap {oracle - dsrsd:+.4f}). Training: {time.time() - t0:.0f} s for {len(runs)} runs.", ""]
+    lines += comparison_lines(result) + [""]
+    diag = mechanisms(ref_run)
+    lines += [f"DSRSD-Net mechanism diagnostics (seed {ref['runs'][0]['seed']}, best epoch on validation, and test):", ""]
+    lines += mechanism_lines(diag) + [""]
+    targets = [(f"{dataset}: DSRSD-Net within 0.01 of the oracle", oracle - dsrsd <= 0.01, f"gap {oracle - dsrsd:+.4f}")]
+    targets += versus_targets(dataset, result)
     for mod in result["modalities"]:
         for base in ("early", "concat"):
-            if base in by_label:
-                d, b = drop(result["reference"], mod), drop(base, mod)
+            if any(m["label"] == base for m in result["models"]):
+                d, b = drop(result, result["reference"], mod), drop(result, base, mod)
                 targets.append((f"{dataset}: without {mod}, DSRSD-Net loses less than {base}", d < b, f"{d:.4f} vs {b:.4f}"))
+    infonce, chance = diag["valid"].get("align_infonce"), diag["valid"].get("align_infonce_chance")
+    if infonce is not None:
+        targets.append((f"{dataset}: validation InfoNCE at most half of ln N", infonce <= chance / 2, f"{infonce:.3f} vs ln N {chance:.3f}"))
+    return lines, targets
 
 
-def flat_features(prepared, split: str, data_cfg) -> tuple[np.ndarray, np.ndarray]:
-    """The loader's tensors for `split`, flattened into one row per registration."""
-    from dsrsd_cli.data.loader import collate, make_dataset
-
-    ds = make_dataset(prepared, split, data_cfg)
-    b = collate([ds[i] for i in range(len(ds))])
-    d, c, a = b.inputs["demographics"], b.inputs["clicks"], b.inputs["assessments"]
-    weeks = c["weeks"] * c["week_mask"].unsqueeze(-1)
-    seq = a["num"] * a["seq_mask"].unsqueeze(-1)
-    cols = [d["cat"].float(), d["num"] * d["num_present"], weeks.sum(1), weeks.sum(2), a["type"].float(), seq.flatten(1)]
-    return np.concatenate([t.numpy() for t in cols], axis=1), b.target.numpy()
-
-
-def real_oulad_part(args, report: list[str], targets: list[tuple[str, bool, str]]) -> None:
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    from dsrsd_cli.config import load_config
-    from dsrsd_cli.data.loader import make_spec, open_prepared
-    from dsrsd_cli.data.prepare import prepare_dataset
+def real_part(args) -> tuple[list[str], list]:
     from dsrsd_cli.engine.compare import compare
-    from dsrsd_cli.engine.stats import paired_auc_tests
 
-    data = args.out / "data" / "oulad_real"
-    if not (data / "manifest.json").exists():
-        prepare_dataset(dataset="oulad", raw=ROOT / "tests" / "fixtures" / "oulad", out=data, seed=0, force=True)
-    overrides = ["data.target=at_risk", "data.cutoff_day=100"] + ([f"train.epochs={args.epochs}"] if args.epochs else [])
-    runs = train_all("oulad", "dsrsd", args.seeds, overrides, data, args.out / "compare_oulad_real", args.workers)
+    data = prepared_real_oulad(args.out)
+    models = args.models or "dsrsd,early,gbdt"
+    runs = train_all("oulad", models, args.seeds, REAL_OVERRIDES, data, args.out / "compare_oulad_real", args.workers)
     result = compare(runs, out=args.out / "compare_oulad_real", device="cpu")
-    dsrsd_auc = result["models"][0]["metrics"]["auc"]
+    lines = [f"## Real OULAD extract: at_risk at cutoff day 100 ({result['test_rows']:,} test registrations, {args.seeds} seeds)", ""]
+    lines += comparison_lines(result, valid_auc=True) + [""]
+    return lines, versus_targets("real OULAD", result)
 
-    cfg = load_config("oulad", [*overrides, f"data.path={json.dumps(str(data))}"])
-    prepared = open_prepared(data)
-    x_train, y_train = flat_features(prepared, "train", cfg.data)
-    x_valid, y_valid = flat_features(prepared, "valid", cfg.data)
-    x_test, y_test = flat_features(prepared, "test", cfg.data)
-    n_cat = len(make_spec(prepared, cfg.data).cat_sizes)   # the first columns are categorical codes
-    best = None
-    for lr in (0.03, 0.1):   # tuned on validation only
-        for leaves in (15, 31):
-            hgb = HistGradientBoostingClassifier(learning_rate=lr, max_leaf_nodes=leaves, max_iter=400, random_state=0,
-                                                 categorical_features=list(range(n_cat)), early_stopping=True)
-            hgb.fit(x_train, y_train)
-            v = roc_auc_score(y_valid, hgb.predict_proba(x_valid)[:, 1])
-            if best is None or v > best[0]:
-                best = (v, hgb, lr, leaves)
-    p_hgb = best[1].predict_proba(x_test)[:, 1]
-    hgb_auc = roc_auc_score(y_test, p_hgb)
-    pred = pd.read_parquet(Path(runs[0]) / "predictions.parquet")
-    assert len(pred) == len(y_test) and np.array_equal(pred["label"].to_numpy(), y_test), "rows differ"
-    test = paired_auc_tests(y_test, [pred["probability"].to_numpy()], [p_hgb], pred["id_student"].to_numpy())
-    report += ["## Real OULAD extract: at_risk at cutoff day 100", "",
-               f"{len(y_test):,} test registrations. DSRSD-Net test AUC {dsrsd_auc['mean']:.4f} ± {dsrsd_auc['std'] or 0:.4f} "
-               f"({args.seeds} seeds); HistGradientBoosting {hgb_auc:.4f} (lr {best[2]}, {best[3]} leaves, chosen on valid AUC "
-               f"{best[0]:.4f}); seed-0 paired DeLong p = {test['combined'].get('p', float('nan')):.2g}.", ""]
-    targets.append(("real OULAD: DSRSD-Net AUC >= gradient boosting", dsrsd_auc["mean"] >= hgb_auc,
-                    f"{dsrsd_auc['mean']:.4f} vs {hgb_auc:.4f}"))
+
+def ablation_part(dataset: str, args) -> tuple[list[str], list]:
+    from dsrsd_cli.engine.compare import compare
+
+    data = prepared_sample(dataset, args.out)
+    out = args.out / f"compare_{dataset}"   # shares the dsrsd runs of the sample part
+    runs = train_all(PRESETS[dataset], ABLATIONS, args.seeds, args.set, data, out, args.workers)
+    result = compare(runs, out=args.out / f"ablation_{dataset}", device="cpu")
+    lines = [f"## Ablations on the built-in {dataset} sample ({args.seeds} seeds; Δ and p against full DSRSD-Net)", ""]
+    lines += comparison_lines(result, valid_auc=True) + [""]
+    targets = []
+    full = next(m for m in result["models"] if m["label"] == result["reference"])
+    full_valid = _mean_valid(full)
+    for m in result["models"]:
+        if m is full:
+            continue
+        valid_cost = full_valid - _mean_valid(m)
+        robust_cost = max(drop(result, m["label"], mod) - drop(result, full["label"], mod) for mod in result["modalities"])
+        targets.append((f"{dataset}: {m['label']} costs validation AUC or robustness", valid_cost > 0 or robust_cost > 0,
+                        f"valid AUC {-valid_cost:+.4f}, largest extra drop without a modality {robust_cost:+.4f}"))
+    return lines, targets
+
+
+def _mean_valid(model: dict) -> float:
+    values = [json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["valid"]["auc"] for r in model["runs"]]
+    return sum(values) / len(values)
+
+
+def curve_part(dataset: str, args) -> tuple[list[str], list]:
+    from dsrsd_cli.config import load_config
+    from dsrsd_cli.engine.compare import compare, curve_points, training_learners, write_learning_curve
+
+    data = prepared_sample(dataset, args.out)
+    models = args.models or CURVE_MODELS
+    out = args.out / f"curve_{dataset}"
+    points = []
+    for f in CURVE_FRACTIONS:
+        sets = [*args.set, f"data.train_fraction={f}"] if f < 1 else list(args.set)
+        folder = out / f"fraction_{f:g}" if f < 1 else args.out / f"compare_{dataset}"   # 1.0: the sample part's runs
+        runs = train_all(PRESETS[dataset], models, args.seeds, sets, data, folder, args.workers)
+        result = compare(runs, out=out / f"fraction_{f:g}", device="cpu")
+        cfg = load_config(PRESETS[dataset], [*sets, f"data.path={json.dumps(str(data))}"])
+        points += curve_points(result, f, training_learners(cfg))
+    curve = write_learning_curve(out, PRESETS[dataset], CURVE_FRACTIONS, points)
+    lines = [f"## Learning curve on the built-in {dataset} sample ({args.seeds} seeds)", ""]
+    lines += (out / "learning_curve.md").read_text().splitlines()[2:] + [""]
+    targets = []
+    for f in CURVE_FRACTIONS:
+        at = {p["model"]: p for p in curve["points"] if p["fraction"] == f}
+        if "gbdt" in at and "dsrsd" in at:
+            d, g = at["dsrsd"]["auc_mean"], at["gbdt"]["auc_mean"]
+            targets.append((f"{dataset}: DSRSD-Net at or above gbdt with {at['dsrsd']['train_learners']:,} learners", d >= g,
+                            f"{d:.4f} vs {g:.4f}"))
+    return lines, targets
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("bench_out/quality"))
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=None, help="override train.epochs (default: the preset's)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--parts", default="ednet,oulad,real")
+    ap.add_argument("--parts", default="ednet,oulad,real,ablation-ednet,ablation-oulad,curve-ednet,curve-oulad")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for the sample parts, as `dsrsd train --set` (repeatable)")
-    ap.add_argument("--models", default=None, help="a subset for a quicker look, e.g. dsrsd,early,concat (default: all)")
+    ap.add_argument("--models", default=None, help="a subset for a quicker look, e.g. dsrsd,early,gbdt (default: the part's)")
     args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = ["# dsrsd quality benchmark", "", f"seeds {args.seeds}, epochs {args.epochs or 'preset'}, parts {args.parts}", ""]
-    t0 = time.time()
-    targets: list[tuple[str, bool, str]] = []
-    parts = {"ednet": lambda: sample_part("ednet", args, report, targets),
-             "oulad": lambda: sample_part("oulad", args, report, targets),
-             "real": lambda: real_oulad_part(args, report, targets)}
+    parts = {
+        "ednet": lambda: sample_part("ednet", args), "oulad": lambda: sample_part("oulad", args), "real": lambda: real_part(args),
+        "ablation-ednet": lambda: ablation_part("ednet", args), "ablation-oulad": lambda: ablation_part("oulad", args),
+        "curve-ednet": lambda: curve_part("ednet", args), "curve-oulad": lambda: curve_part("oulad", args),
+    }
+    unknown = [p for p in args.parts.split(",") if p not in parts]
+    if unknown:
+        raise SystemExit(f"--parts: unknown {unknown}; choose from {', '.join(parts)}")
+    (args.out / "parts").mkdir(parents=True, exist_ok=True)
     for name in args.parts.split(","):
-        parts[name]()
-        (args.out / "quality.md").write_text("\n".join(report) + "\n")
-    report += ["## Targets (issue 6)", "", "| target | met | figures |", "|---|---|---|"]
+        t0 = time.time()
+        lines, targets = parts[name]()
+        lines.append(f"Part `{name}`: {time.time() - t0:.0f} s wall time ({args.workers} workers, 1 thread each).")
+        (args.out / "parts" / f"{name}.md").write_text("\n".join(lines) + "\n")
+        (args.out / "parts" / f"{name}.targets.json").write_text(json.dumps(targets))
+        print("\n".join(lines), flush=True)
+    report = ["# dsrsd quality benchmark", ""]
+    targets = []
+    for name in parts:
+        if (args.out / "parts" / f"{name}.md").exists():
+            report += (args.out / "parts" / f"{name}.md").read_text().splitlines() + [""]
+            targets += json.loads((args.out / "parts" / f"{name}.targets.json").read_text())
+    report += ["## Targets", "", "| target | met | figures |", "|---|---|---|"]
     report += [f"| {name} | {'yes' if met else '**no**'} | {figures} |" for name, met, figures in targets]
-    report += ["", f"Total wall time: {time.time() - t0:.0f} s."]
     (args.out / "quality.md").write_text("\n".join(report) + "\n")
-    sys.stdout.write("\n".join(report) + "\n")
+    sys.stdout.write("\n".join(report[-len(targets) - 4:]) + "\n")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def prepare(
 @app.command()
 def train(
     preset: Annotated[str, typer.Option(help="Preset name (default, oulad, smoke) or a .toml path.")] = "default",
-    model: Annotated[Optional[str], typer.Option(help="Any registered model: dsrsd, early, late, concat, coattn, single:<modality>.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Any registered model: dsrsd (and its ablations dsrsd:no-align, ...), early, late, concat, coattn, single:<modality>, gbdt.")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Prepared data folder (overrides data.path).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set loss.lambda_orth=0.2.")] = None,
@@ -144,17 +144,20 @@ def compare(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Plan mode: config overrides for every run.")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Plan mode: prepared data folder.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Comparison folder (default comparisons/<preset>).")] = None,
+    train_fraction: Annotated[Optional[str], typer.Option(help="Plan mode: learning curve over these fractions of the training learners, e.g. 0.1,0.3,1.0.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the table as JSON on stdout.")] = False,
 ) -> None:
     """Baseline table: mean ± std over seeds, paired tests against DSRSD-Net.
 
-    Example: [bold]dsrsd compare --preset default --models dsrsd,early,late --seeds 5[/bold]
+    Example: [bold]dsrsd compare --preset default --models dsrsd,early,gbdt --seeds 5[/bold]
+    Ablations: [bold]--models dsrsd,dsrsd:no-align,dsrsd:no-decorr,dsrsd:no-orth,dsrsd:no-private,dsrsd:no-shared,dsrsd:mean-gate[/bold]
+    Learning curve: [bold]--models dsrsd,early,gbdt --train-fraction 0.1,0.3,1.0[/bold]
     """
     from dsrsd_cli.engine.compare import compare_from_cli
 
     compare_from_cli(
         run_dirs=list(run_dirs or []), preset=preset, models=models, seeds=seeds, overrides=list(set_ or []),
-        data=data, out=out, json_out=json_out, console=console,
+        data=data, out=out, json_out=json_out, console=console, train_fractions=train_fraction,
     )
 
 
@@ -186,6 +189,29 @@ def demo(
     from dsrsd_cli.engine.demo import demo_from_cli
 
     demo_from_cli(out=out, force=force, console=console)
+
+
+@app.command()
+def tune(
+    model: Annotated[str, typer.Option(help="The model to tune: dsrsd, a baseline (early, late, concat, coattn, single:<modality>) or gbdt.")],
+    trials: Annotated[int, typer.Option(min=1, help="Finished trials (complete + pruned) the study should reach.")],
+    preset: Annotated[str, typer.Option(help="Preset name (default, oulad, smoke) or a .toml path: the base of every trial.")] = "default",
+    out: Annotated[Optional[Path], typer.Option(help="Study folder (default tunes/<preset>-<model>); the same command continues it.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key for every trial; a searched key set here is fixed.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Prepared data folder (overrides data.path).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the TPE sampler (train.seed comes from the preset).")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the study summary as JSON on stdout.")] = False,
+) -> None:
+    """Hyperparameter search with Optuna (TPE, median pruning) on validation AUC; writes OUT/best.toml.
+
+    Example: [bold]dsrsd tune --model dsrsd --trials 30 --preset default[/bold]
+    """
+    from dsrsd_cli.engine.tune import tune_from_cli
+
+    tune_from_cli(
+        model=model, trials=trials, preset=preset, out=out, overrides=list(set_ or []), data=data, seed=seed,
+        json_out=json_out, console=console,
+    )
 
 
 def main() -> None:

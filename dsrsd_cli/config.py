@@ -34,6 +34,10 @@ class DataConfig(_Strict):
     max_weeks: int = Field(40, ge=1)    # OULAD click sequence length (weeks from day -28)
     num_workers: int = Field(0, ge=0)
     fold: int | None = None             # use k-fold ids instead of train/valid (fold = valid)
+    # Learning curves: train on a seeded subsample of the training learners (valid and test
+    # unchanged). Subsamples of one seed are nested: the 0.1 learners are among the 0.3 ones.
+    train_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    train_fraction_seed: int = 0
 
 
 class ModelConfig(_Strict):
@@ -72,12 +76,26 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1)   # torch CPU threads; None = torch default
 
 
+class GBDTConfig(_Strict):
+    """The `gbdt` reference model (LightGBM on causal per-answer features); the neural models
+    ignore it. The number of trees is chosen by early stopping on validation AUC."""
+
+    learning_rate: float = Field(0.05, gt=0.0, le=1.0)
+    num_leaves: int = Field(31, ge=2, le=4096)
+    min_data_in_leaf: int = Field(50, ge=1)
+    feature_fraction: float = Field(0.8, gt=0.0, le=1.0)
+    lambda_l2: float = Field(1.0, ge=0.0)
+    max_rounds: int = Field(2000, ge=1)
+    early_stopping_rounds: int = Field(50, ge=1)
+
+
 class RunConfig(_Strict):
     preset: str = "default"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
+    gbdt: GBDTConfig = GBDTConfig()
 
 
 def preset_names() -> list[str]:

@@ -192,6 +192,133 @@ def plot_explain_groups(result: Mapping[str, Any], path: str | Path) -> None:
     _save_figure(fig, Path(path))
 
 
+# ---------------------------------------------------------------- mechanisms (model/diagnostics.py, in explain)
+
+def _num(value: Any) -> float:
+    return math.nan if value is None or isinstance(value, str) else float(value)
+
+
+def _ratio(value: Any, reference: Any, unit: str = "") -> str:
+    v, r = _num(value), _num(reference)
+    if math.isnan(v) or math.isnan(r) or r == 0:
+        return "-"
+    return f"{v / r:.2f}{unit}"
+
+
+def _mechanism_rows(mech: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(measure, value, reference, value / reference) for the keys that are present."""
+    rows = []
+    if "align_infonce" in mech:
+        shuffled = mech.get("align_infonce_shuffled")
+        rows.append(("alignment: InfoNCE (lower = aligned)", fmt(_num(mech["align_infonce"]), 3),
+                     f"ln N {fmt(_num(mech['align_infonce_chance']), 3)}" + (f", shuffled {fmt(_num(shuffled), 3)}" if shuffled is not None else ""),
+                     _ratio(mech["align_infonce"], mech["align_infonce_chance"], " × ln N")))
+        rows.append(("alignment: top-1 retrieval", fmt(_num(mech["align_top1"]), 3), f"1/N {fmt(_num(mech['align_top1_chance']), 4)}",
+                     _ratio(mech["align_top1"], mech["align_top1_chance"], " × chance")))
+    if "shared_effective_rank" in mech:
+        rows.append(("shared: effective rank", fmt(_num(mech["shared_effective_rank"]), 2), f"k {fmt(_num(mech['shared_rank_max']), 0)}",
+                     _ratio(mech["shared_effective_rank"], mech["shared_rank_max"], " × k")))
+        rows.append(("shared: mean |off-diagonal corr|", fmt(_num(mech["shared_mean_abs_offdiag_corr"]), 3), "0 = decorrelated", ""))
+        rows.append(("shared: per-dim std mean / min", f"{fmt(_num(mech['shared_std_mean']), 3)} / {fmt(_num(mech['shared_std_min']), 3)}",
+                     "1 = LayerNorm bound; 0 = collapsed", ""))
+    if "sp_cosine" in mech:
+        rows.append(("shared vs private: cos / |cos|", f"{fmt(_num(mech['sp_cosine']), 3)} / {fmt(_num(mech['sp_abs_cosine']), 3)}",
+                     f"|cos| random {fmt(_num(mech['sp_abs_cosine_chance']), 3)}; 1 = duplicate",
+                     _ratio(mech["sp_abs_cosine"], mech["sp_abs_cosine_chance"], " × random")))
+    if "gate_entropy" in mech:
+        rows.append(("gate: entropy (nats)", fmt(_num(mech["gate_entropy"]), 3), f"ln G {fmt(_num(mech['gate_entropy_max']), 3)} = uniform",
+                     _ratio(mech["gate_entropy"], mech["gate_entropy_max"], " × ln G")))
+        streams = [k[len("gate_mean_"):] for k in mech if k.startswith("gate_mean_")]
+        uniform = 1 / len(streams) if streams else math.nan
+        rows.append(("gate: dominant stream", f"{mech.get('gate_dominant') or '-'} {fmt(_num(mech['gate_dominant_share']), 3)}",
+                     f"1/G {fmt(uniform, 3)}", _ratio(mech["gate_dominant_share"], uniform, " × 1/G")))
+    return rows
+
+
+def mechanisms_table(result: Mapping[str, Any]) -> Table:
+    """Does DSRSD-Net's machinery work: each diagnostic against its reference value."""
+    mech = result["mechanisms"]
+    n = mech.get("align_rows")
+    detail = [f"N {fmt(_num(n), 0)} rows per modality pair" if n is not None else "",
+              f"tau {mech['align_tau']:g}" if mech.get("align_tau") is not None else "",
+              f"gates over {mech['gate_units']:,} units" if mech.get("gate_units") is not None else ""]
+    table = Table(
+        title=f"Mechanisms: {result['model']} on {result['split']} ({'; '.join(d for d in detail if d)})",
+        title_justify="left",
+        caption="Reference: chance / no-mechanism value (or the ideal). Meanings: \"mechanisms_meaning\" in the JSON.",
+        caption_justify="left",
+    )
+    table.add_column("measure", style="bold")
+    table.add_column("value", justify="right")
+    table.add_column("reference", justify="right")
+    table.add_column("value / reference", justify="right")
+    for row in _mechanism_rows(mech):
+        table.add_row(*row)
+    return table
+
+
+def plot_mechanisms(result: Mapping[str, Any], path: str | Path) -> None:
+    """Left: each diagnostic scaled to its reference (bars) with chance / ideal marked.
+    Right: mean gate weight per stream against 1/G."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mech = result["mechanisms"]
+    bars: list[tuple[str, float, list[tuple[float, str]]]] = []     # label, value, [(marker, its label)]
+    if "align_infonce" in mech:
+        chance = _num(mech["align_infonce_chance"])
+        shuffled = _num(mech.get("align_infonce_shuffled"))
+        bars.append(("InfoNCE / ln N", _num(mech["align_infonce"]) / chance, [(1.0, "chance"), (shuffled / chance, "shuffled")]))
+        bars.append(("top-1 retrieval", _num(mech["align_top1"]), [(_num(mech["align_top1_chance"]), "chance"), (1.0, "ideal")]))
+    if "shared_effective_rank" in mech:
+        bars.append(("effective rank / k", _num(mech["shared_effective_rank"]) / _num(mech["shared_rank_max"]), [(1.0, "ideal")]))
+        bars.append(("|off-diag corr|", _num(mech["shared_mean_abs_offdiag_corr"]), [(0.0, "ideal")]))
+        bars.append(("per-dim std (mean)", _num(mech["shared_std_mean"]), [(1.0, "ideal")]))
+        bars.append(("per-dim std (min)", _num(mech["shared_std_min"]), [(1.0, "ideal")]))
+    if "sp_abs_cosine" in mech:
+        bars.append(("|cos(shared, private)|", _num(mech["sp_abs_cosine"]), [(_num(mech["sp_abs_cosine_chance"]), "chance")]))
+    if "gate_entropy" in mech:
+        bars.append(("gate entropy / ln G", _num(mech["gate_entropy"]) / _num(mech["gate_entropy_max"]) if _num(mech["gate_entropy_max"]) else math.nan,
+                     [(1.0, "uniform")]))
+    streams = [k[len("gate_mean_"):] for k in mech if k.startswith("gate_mean_")]
+    fig, axes = plt.subplots(1, 2 if streams else 1, figsize=(10 if streams else 6, max(3.2, 0.45 * len(bars) + 1.2)),
+                             gridspec_kw={"width_ratios": [2, 1]} if streams else None, squeeze=False)
+    ax = axes[0][0]
+    y = list(range(len(bars)))[::-1]
+    ax.barh(y, [v for _, v, _ in bars], color="C0", alpha=0.6)
+    for yi, (_, value, _) in zip(y, bars):
+        if math.isfinite(value):
+            ax.annotate(f"{value:.3g}", (value, yi), xytext=(3, -9), textcoords="offset points", fontsize=7)
+    styles = {"chance": ("k", "|", 16), "shuffled": ("C3", "x", 9), "ideal": ("C2", "D", 6), "uniform": ("C1", "|", 16)}
+    seen = set()
+    for yi, (_, _, marks) in zip(y, bars):
+        for x, name in marks:
+            if math.isfinite(x):
+                color, marker, size = styles[name]
+                ax.plot([x], [yi], marker=marker, color=color, markersize=size, markeredgewidth=2.5, linestyle="none",
+                        label=None if name in seen else name, zorder=3, clip_on=False)
+                seen.add(name)
+    ax.set_xlim(left=-0.05)
+    ax.set_yticks(y, [label for label, _, _ in bars])
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("value (bar) vs reference (marks)")
+    if streams:
+        right = axes[0][1]
+        right.bar(streams, [_num(mech[f"gate_mean_{s}"]) for s in streams], color=[f"C{i}" for i in range(len(streams))])
+        right.axhline(1 / len(streams), color="k", linestyle=":", linewidth=1, label="1/G")
+        right.set_ylim(0, 1)
+        right.set_title("mean gate weight")
+        right.tick_params(axis="x", rotation=30)
+        right.legend(fontsize=7)
+        right.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{result['model']} on {result['split']}: do the mechanisms work?", y=1.02)
+    _save_figure(fig, Path(path))
+
+
 # ---------------------------------------------------------------- compare (engine/compare.py)
 
 COMPARE_LABELS = {"auc": "AUC", "accuracy": "accuracy", "f1": "F1", "log_loss": "log-loss", "brier": "Brier", "ece": "ECE"}
@@ -338,4 +465,79 @@ def plot_comparison(result: Mapping[str, Any], path: str | Path) -> None:
     right.set_title("missing-modality robustness")
     right.legend(fontsize=7, loc="upper center", ncol=len(mods))
     right.grid(axis="y", alpha=0.3)
+    _save_figure(fig, Path(path))
+
+
+# ---------------------------------------------------------------- learning curves (compare --train-fraction)
+
+def _curve_models(curve: Mapping[str, Any]) -> list[str]:
+    return list(dict.fromkeys(p["model"] for p in curve["points"]))
+
+
+def learning_curve_table(curve: Mapping[str, Any]) -> Table:
+    """Rows: models; columns: training learners (fraction); cells: test AUC mean ± std (Δ vs reference, p)."""
+    fractions = curve["fractions"]
+    learners = {p["fraction"]: p["train_learners"] for p in curve["points"]}
+    table = Table(title=f"Learning curve: test AUC by training learners (reference {curve['reference']})", title_justify="left",
+                  caption="cells: mean ± std over seeds; [Δ vs reference, combined DeLong p]", caption_justify="left")
+    table.add_column("model", style="bold")
+    for f in fractions:
+        table.add_column(f"{learners.get(f, '?'):,} ({f:g})" if isinstance(learners.get(f), int) else f"{f:g}", justify="right")
+    for model in _curve_models(curve):
+        cells = []
+        for f in fractions:
+            p = next((q for q in curve["points"] if q["model"] == model and q["fraction"] == f), None)
+            if p is None:
+                cells.append("-")
+                continue
+            cell = fmt_mean_std({"mean": p["auc_mean"], "std": p["auc_std"]})
+            if p["auc_diff"] is not None:
+                cell += f" [{fmt_diff(p['auc_diff'])}, p {fmt_p(p['auc_p'])}]"
+            cells.append(cell)
+        table.add_row(model, *cells)
+    return table
+
+
+def learning_curve_markdown(curve: Mapping[str, Any]) -> str:
+    fractions = curve["fractions"]
+    learners = {p["fraction"]: p["train_learners"] for p in curve["points"]}
+    lines = [f"# Learning curve ({curve['preset']})", "",
+             "Test AUC (mean ± std over seeds) against the number of training learners: each model trained on the same "
+             "nested, seeded subsample of the training learners; validation and test learners unchanged. "
+             f"[Δ vs {curve['reference']}, combined clustered-DeLong p]", "",
+             "| model | " + " | ".join(f"{learners[f]:,} learners ({f:g})" for f in fractions) + " |",
+             "|---|" + "---:|" * len(fractions)]
+    for model in _curve_models(curve):
+        cells = []
+        for f in fractions:
+            p = next((q for q in curve["points"] if q["model"] == model and q["fraction"] == f), None)
+            cell = "-" if p is None else fmt_mean_std({"mean": p["auc_mean"], "std": p["auc_std"]})
+            if p is not None and p["auc_diff"] is not None:
+                cell += f" [{fmt_diff(p['auc_diff'])}, p {fmt_p(p['auc_p'])}]"
+            cells.append(cell)
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_learning_curve(curve: Mapping[str, Any], path: str | Path) -> None:
+    """Test AUC (mean ± std) against training learners (log x), one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, model in enumerate(_curve_models(curve)):
+        points = sorted((p for p in curve["points"] if p["model"] == model), key=lambda p: p["train_learners"])
+        x = [p["train_learners"] for p in points]
+        y = [math.nan if p["auc_mean"] is None else p["auc_mean"] for p in points]
+        err = [p["auc_std"] or 0.0 for p in points]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=model,
+                    linewidth=2.2 if model == curve["reference"] else 1.2, color=f"C{i}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training learners")
+    ax.set_ylabel("test AUC")
+    ax.set_title("learning curve")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     _save_figure(fig, Path(path))

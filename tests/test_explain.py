@@ -74,6 +74,19 @@ def test_passes_cache_round_trips_and_refuses_stale_or_foreign_files(tmp_path):
     assert Passes.from_npz(path, "key-1") is None
 
 
+def test_passes_cache_keeps_the_mechanisms(tmp_path):
+    passes = Passes(
+        modalities=("a",), logits=np.zeros((2, 3), np.float32), labels=np.array([0, 1, 0.0]), stream_names=[],
+        stream_logits=np.zeros((0, 3), np.float32), gate_names=[], gates=np.zeros((3, 0), np.float32), groups={},
+        mechanisms={"align_infonce": 1.5, "shared_std_min": float("nan"), "gate_dominant": "consensus"},
+    )
+    path = tmp_path / "passes.npz"
+    path.write_bytes(passes.to_npz("k"))
+    back = Passes.from_npz(path, "k")
+    assert back is not None and back.mechanisms["align_infonce"] == 1.5 and back.mechanisms["gate_dominant"] == "consensus"
+    assert math.isnan(back.mechanisms["shared_std_min"])
+
+
 # ---------------------------------------------------------------- end to end: EdNet, item dominant
 
 
@@ -138,6 +151,35 @@ def test_second_explain_reuses_the_cached_passes(item_run, monkeypatch):
     assert again["shapley"] == first["shapley"] and again["streams"] == first["streams"]
 
 
+MECHANISM_KEYS = (
+    "align_infonce", "align_infonce_chance", "align_infonce_shuffled", "align_top1", "align_top1_chance",
+    "shared_effective_rank", "shared_rank_max", "shared_mean_abs_offdiag_corr", "shared_std_mean", "shared_std_min",
+    "sp_cosine", "sp_abs_cosine", "sp_abs_cosine_chance", "gate_entropy", "gate_entropy_max", "gate_dominant_share",
+)
+
+
+def test_explain_reports_the_mechanisms_of_a_trained_dsrsd_run(item_run):
+    result = explain_run(item_run, split="test", device="cpu")
+    mech = result["mechanisms"]
+    for key in MECHANISM_KEYS:
+        assert isinstance(mech.get(key), float) and math.isfinite(mech[key]), (key, mech.get(key))
+    assert set(result["mechanisms_meaning"]) == set(mech) and all(result["mechanisms_meaning"].values())
+    # against their references: bounds that hold for any model
+    assert mech["shared_rank_max"] == 8                                # smoke preset: k_shared = 8
+    assert 0 <= mech["shared_effective_rank"] <= mech["shared_rank_max"] + 1e-6
+    assert 0 < mech["align_top1_chance"] <= 1 and 0 <= mech["align_top1"] <= 1 and mech["align_pairs"] == 3
+    assert 0 < mech["align_infonce_chance"] <= math.log(mech["align_rows"]) + 1e-9      # mean ln N <= ln mean N
+    assert 0 <= mech["gate_entropy"] <= mech["gate_entropy_max"] + 1e-9
+    assert mech["gate_entropy_max"] == pytest.approx(math.log(4)) and mech["gate_dominant"] in result["gates"]
+    # the gate statistics cover the scored units, like the attribution's mean gates
+    for name, weight in result["gates"].items():
+        assert mech[f"gate_mean_{name}"] == pytest.approx(weight, abs=1e-5)
+    assert mech["gate_units"] == result["n"]
+    folder = item_run / "explain"
+    assert json.loads((folder / "explain_test.json").read_text())["mechanisms"] == mech
+    assert (folder / "explain_test_mechanisms.png").stat().st_size > 0
+
+
 def test_explain_refuses_a_grouping_or_split_that_does_not_apply(item_run):
     with pytest.raises(BadInput, match="final_result"):
         explain_run(item_run, by="final_result", device="cpu")
@@ -155,6 +197,7 @@ def test_explain_cli_prints_json_on_stdout_and_the_table_on_stderr(item_run, cap
     result = json.loads(out)
     assert result["ranking"][0] == "item" and result["by"]["name"] == "part"
     assert "Shapley AUC" in err and "part 1" in err and "{" not in err
+    assert "Mechanisms" in err and "effective rank" in err and set(MECHANISM_KEYS) <= set(result["mechanisms"])
 
 
 # ---------------------------------------------------------------- OULAD: groups by final result and module, a gateless model
@@ -179,8 +222,11 @@ def test_oulad_explain_by_final_result_and_module(oulad_data, tmp_path, model):
     assert all(g["efficiency"]["logit"]["gap"] <= EFFICIENCY_TOLERANCE for g in result["by"]["groups"])
     if model == "dsrsd":
         assert "streams" in result and "gates" in result
+        assert all(math.isfinite(result["mechanisms"][key]) for key in MECHANISM_KEYS)
     else:  # concat has no gate and no streams to ablate: nothing is made up
         assert "streams" not in result and "gates" not in result
+        assert result["mechanisms"] == {} and "mechanisms_meaning" not in result
+        assert not (run / "explain" / "explain_test_mechanisms.png").exists()
     by_module = explain_run(run, by="module", device="cpu")
     assert {g["group"] for g in by_module["by"]["groups"]} <= set(json.loads((oulad_data / "manifest.json").read_text())["vocab"]["code_module"])
     assert not math.isnan(by_module["shapley"]["logit"]["clicks"])

@@ -22,8 +22,28 @@ from model_fakes import ednet_batch, ednet_spec, oulad_batch, oulad_spec
 SMALL = {"d_model": 16, "k_shared": 8, "n_heads": 2}
 SPECS = {"ednet": ednet_spec(), "oulad": oulad_spec(), "oulad-result4": oulad_spec(n_outputs=4)}
 BATCHES = {"ednet": ednet_batch, "oulad": oulad_batch, "oulad-result4": oulad_batch}
-CASES = [(data, name) for data, spec in SPECS.items() for name in model_names(spec)]
-EDNET_NAMES = model_names(SPECS["ednet"])
+CASES = [(data, name) for data, spec in SPECS.items() for name in model_names(spec, kind="neural")]
+EDNET_NAMES = model_names(SPECS["ednet"], kind="neural")
+ABLATION_NAMES = ["dsrsd:no-align", "dsrsd:no-decorr", "dsrsd:no-orth", "dsrsd:no-private", "dsrsd:no-shared", "dsrsd:mean-gate"]
+# The auxiliary loss terms each DSRSD variant trains with (the rest of AUX_LOSSES is removed).
+VARIANT_LOSSES = {
+    "dsrsd": set(AUX_LOSSES),
+    "dsrsd:no-align": {"decorrelation", "orthogonality"},
+    "dsrsd:no-decorr": {"infonce", "regression", "orthogonality"},
+    "dsrsd:no-orth": {"infonce", "regression", "decorrelation"},
+    "dsrsd:no-private": set(AUX_LOSSES),
+    "dsrsd:no-shared": {"orthogonality"},
+    "dsrsd:mean-gate": set(AUX_LOSSES),
+}
+# The parameters of a removed mechanism, which therefore get no gradient at all.
+VARIANT_SILENT = {
+    "dsrsd:no-align": ("fusion.predictors.",),
+    # An absent modality's token reaches the output of dsrsd only through the gate's input
+    # (the gate reads every private stream); without a working gate it reaches nothing.
+    "dsrsd:no-private": ("fusion.private.", "fusion.gate.", "absent."),     # one open stream: the gate is constant
+    "dsrsd:no-shared": ("fusion.align.", "fusion.predictors."),
+    "dsrsd:mean-gate": ("fusion.gate.", "absent."),
+}
 POST = [i for i, (_, kind) in enumerate(BEHAVIOR_FEATURES) if kind == "post"]
 
 # Parameters that legitimately get no gradient from a batch in which every modality is
@@ -56,15 +76,17 @@ def finite(x: torch.Tensor) -> bool:
 
 
 def test_model_names():
-    assert model_names(SPECS["ednet"]) == ["dsrsd", "early", "late", "concat", "coattn",
-                                           "single:item", "single:content", "single:behavior"]
-    assert model_names(SPECS["oulad"]) == ["dsrsd", "early", "late", "concat", "coattn",
-                                           "single:demographics", "single:clicks", "single:assessments"]
+    assert model_names(SPECS["ednet"]) == ["dsrsd", *ABLATION_NAMES, "early", "late", "concat", "coattn",
+                                           "single:item", "single:content", "single:behavior", "gbdt"]
+    assert model_names(SPECS["oulad"]) == ["dsrsd", *ABLATION_NAMES, "early", "late", "concat", "coattn",
+                                           "single:demographics", "single:clicks", "single:assessments", "gbdt"]
+    assert model_names(SPECS["ednet"], kind="fitted") == ["gbdt"]
+    assert "gbdt" not in model_names(SPECS["ednet"], kind="neural")
 
 
 @pytest.mark.parametrize("name", ["transformer", "single:clicks", "single", "dsrsd:item"])
 def test_unknown_model_is_bad_input_listing_valid_names(name):
-    with pytest.raises(BadInput, match="choose one of dsrsd, early, late, concat, coattn, single:item"):
+    with pytest.raises(BadInput, match="choose one of dsrsd, dsrsd:no-align, .*, early, late, concat, coattn, single:item.*, gbdt"):
         build(SPECS["ednet"], name)
 
 
@@ -82,13 +104,14 @@ def test_forward_backward_reaches_every_parameter(data, name):
     assert tuple(out.logits.shape) == expected_shape
     assert finite(out.logits)
     aux = out.aux["losses"]
-    assert set(aux) == (set(AUX_LOSSES) if name == "dsrsd" else set())
+    assert set(aux) == VARIANT_LOSSES.get(name, set())
     assert all(finite(v) and v.dim() == 0 for v in aux.values())
 
     loss = task_loss(out.logits, batch.target, batch.mask, spec.n_outputs) + sum(aux.values())
     loss.backward()
     silent = {n for n, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)}
-    assert silent == NO_GRADIENT.get(name, set()) & {n for n, _ in model.named_parameters()}
+    removed = {n for n, _ in model.named_parameters() if n.startswith(VARIANT_SILENT.get(name, ("-",)))}
+    assert silent == (NO_GRADIENT.get(name, set()) & {n for n, _ in model.named_parameters()}) | removed
     assert all(finite(p.grad) for p in model.parameters() if p.grad is not None)
 
 
@@ -222,7 +245,7 @@ def test_ednet_padding_never_reaches_real_steps(name):
     assert float((out.logits - base.logits).abs()[batch.valid].max()) <= 1e-6
 
 
-@pytest.mark.parametrize("name", model_names(SPECS["oulad"]))
+@pytest.mark.parametrize("name", model_names(SPECS["oulad"], kind="neural"))
 def test_oulad_values_after_the_cutoff_never_reach_the_logits(name):
     spec, batch = fake("oulad")
     model = _loud(build(spec, name))
@@ -300,6 +323,24 @@ def test_dsrsd_ablate_removes_streams():
     for name in ("concat", "early", "coattn"):                                # baselines ignore it
         baseline = build(spec, name).eval()
         assert torch.equal(baseline(batch, ablate=frozenset({"item.private"})).logits, baseline(batch).logits)
+
+
+@pytest.mark.parametrize("data", ["ednet", "oulad"])
+def test_ablation_variants_remove_their_stream(data):
+    spec, batch = fake(data)
+    M = len(spec.modalities)
+    gates = {name: build(spec, name).eval()(batch).aux["gates"] for name in ("dsrsd:no-private", "dsrsd:no-shared", "dsrsd:mean-gate")}
+    # no-private: every private stream weighs exactly 0, the consensus carries everything
+    assert torch.equal(gates["dsrsd:no-private"][:, 1:], torch.zeros(gates["dsrsd:no-private"].shape[0], M))
+    # no-shared: the consensus weighs exactly 0 (every unit has a present modality here)
+    assert torch.equal(gates["dsrsd:no-shared"][:, 0], torch.zeros(gates["dsrsd:no-shared"].shape[0]))
+    # mean-gate: equal weights over the open streams (1 / their number; absent ones 0)
+    mean = gates["dsrsd:mean-gate"]
+    n_open = (mean > 0).sum(-1, keepdim=True)
+    assert bool((n_open >= 2).all()) and torch.allclose(mean, (mean > 0) / n_open)
+    # private dropout cannot leave a no-shared unit without a stream
+    model = build(spec, "dsrsd:no-shared", private_dropout=0.9).train()
+    assert model.fusion.private_dropout == 0.0 and finite(model(batch).logits)
 
 
 def test_modality_dropout_never_hides_all_of_a_units_modalities():

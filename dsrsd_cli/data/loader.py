@@ -244,6 +244,7 @@ def make_dataset(prepared: Prepared, split: str, data_cfg: DataConfig) -> Datase
     key = (
         str(prepared.path.resolve()), prepared.manifest_hash, stamp, split,
         data_cfg.max_len, data_cfg.context, data_cfg.target, data_cfg.cutoff_day, data_cfg.max_weeks, data_cfg.fold,
+        data_cfg.train_fraction if split == "train" else 1.0, data_cfg.train_fraction_seed if split == "train" else 0,
     )
     if key in _CACHE:
         _CACHE.move_to_end(key)
@@ -253,6 +254,24 @@ def make_dataset(prepared: Prepared, split: str, data_cfg: DataConfig) -> Datase
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
     return dataset
+
+
+def learner_rank(learners: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded pseudo-random number in [0, 1) per learner id (str or int), the same for a
+    learner wherever it appears: subsamples "rank < fraction" are nested across fractions."""
+    digest = lambda v: hashlib.blake2b(f"{seed}:{v}".encode(), digest_size=8).digest()  # noqa: E731
+    return np.array([int.from_bytes(digest(v), "little") / 2.0**64 for v in learners], dtype=np.float64)
+
+
+def split_mask(frame: pd.DataFrame, split: str, data_cfg: DataConfig, file: Path, dataset: str, learner: str) -> np.ndarray:
+    """Rows of a splits frame (columns split, fold, `learner`) in `split`; the train split
+    keeps the data_cfg.train_fraction subsample of its learners (learning curves)."""
+    mask = _split_mask(frame, split, data_cfg.fold, file, dataset)
+    if split == "train" and data_cfg.train_fraction < 1.0:
+        mask &= learner_rank(frame[learner].to_numpy(), data_cfg.train_fraction_seed) < data_cfg.train_fraction
+        if not mask.any():
+            raise BadInput(f"data.train_fraction {data_cfg.train_fraction} leaves no training learner in {file}; use a larger fraction")
+    return mask
 
 
 def _split_mask(frame: pd.DataFrame, split: str, fold: int | None, file: Path, dataset: str) -> np.ndarray:
@@ -371,7 +390,7 @@ def _ednet_dataset(prepared: Prepared, split: str, data_cfg: DataConfig) -> Edne
     splits = _read(prepared, "splits.parquet", ["user", "split", "fold"]).to_pandas()
     users = None
     if split != "all":
-        users = sorted(splits.loc[_split_mask(splits, split, data_cfg.fold, splits_file, "ednet"), "user"].astype(str))
+        users = sorted(splits.loc[split_mask(splits, split, data_cfg, splits_file, "ednet", "user"), "user"].astype(str))
     table = _read(
         prepared, "interactions.parquet",
         [name for name in schema.EDNET_INTERACTIONS.names if name not in ("timestamp", "kt_level")],
@@ -686,7 +705,7 @@ def _oulad_dataset(prepared: Prepared, split: str, data_cfg: DataConfig) -> Oula
     regs = regs.merge(splits, on=OULAD_KEYS, how="left", validate="one_to_one")
     if split != "all":
         regs = regs[regs["split"].notna()]
-        regs = regs[_split_mask(regs, split, data_cfg.fold, prepared.file("splits.parquet"), "oulad")]
+        regs = regs[split_mask(regs, split, data_cfg, prepared.file("splits.parquet"), "oulad", "id_student")]
     unknown = ~regs["final_result"].isin(schema.OULAD_RESULTS)
     if unknown.any():
         row = regs[unknown].iloc[0]

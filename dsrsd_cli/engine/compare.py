@@ -45,7 +45,10 @@ from dsrsd_cli.engine.runs import (
 )
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.io import atomic_write_text, write_json
-from dsrsd_cli.report import comparison_markdown, comparison_robustness_table, comparison_table, plot_comparison, print_json
+from dsrsd_cli.report import (
+    comparison_markdown, comparison_robustness_table, comparison_table, learning_curve_markdown, learning_curve_table,
+    plot_comparison, plot_learning_curve, print_json,
+)
 
 DEFAULT_MODELS = "dsrsd,early,late,concat,coattn"
 REFERENCE = "dsrsd"
@@ -66,8 +69,18 @@ TESTS = {
 
 def compare_from_cli(
     *, run_dirs: list[Path], preset: str | None, models: str, seeds: int, overrides: list[str], data: Path | None,
-    out: Path | None, json_out: bool, console: Console,
+    out: Path | None, json_out: bool, console: Console, train_fractions: str | None = None,
 ) -> None:
+    if train_fractions is not None:
+        if preset is None or run_dirs:
+            raise BadInput("--train-fraction needs plan mode: --preset and --models, without run folders")
+        curve = learning_curve(preset, models=models, seeds=seeds, fractions=parse_fractions(train_fractions),
+                               overrides=overrides, data=data, out=out, console=console)
+        console.print(learning_curve_table(curve))
+        console.print(f"wrote {curve['out']}/learning_curve.md, .csv, .json, .png (and a comparison per fraction)", highlight=False)
+        if json_out:
+            print_json(curve)
+        return
     result = compare(run_dirs, preset=preset, models=models, seeds=seeds, overrides=overrides, data=data, out=out, console=console)
     console.print(comparison_table(result))
     console.print(comparison_robustness_table(result))
@@ -114,6 +127,73 @@ def compare(
     atomic_write_text(out / "comparison.md", comparison_markdown(result))
     plot_comparison(result, out / "comparison.png")
     return result
+
+
+# ---------------------------------------------------------------- learning curves
+
+def parse_fractions(text: str) -> list[float]:
+    """"0.1,0.3,1.0" -> [0.1, 0.3, 1.0] (sorted, distinct, each in (0, 1])."""
+    try:
+        values = sorted({float(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise BadInput(f"--train-fraction {text!r}: expected comma-separated numbers, e.g. 0.1,0.3,1.0") from None
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise BadInput(f"--train-fraction {text!r}: every fraction must lie in (0, 1], e.g. 0.1,0.3,1.0")
+    return values
+
+
+def training_learners(cfg: RunConfig) -> int:
+    """How many learners the train split of `cfg` holds (after data.train_fraction)."""
+    from dsrsd_cli.data.loader import open_prepared, split_mask
+
+    prepared = open_prepared(cfg.data.path)
+    learner = LEARNER_COLUMN[prepared.dataset]
+    splits = pd.read_parquet(prepared.file("splits.parquet"), columns=[learner, "split", "fold"])
+    mask = split_mask(splits, "train", cfg.data, prepared.file("splits.parquet"), prepared.dataset, learner)
+    return int(splits.loc[mask, learner].nunique())
+
+
+def learning_curve(preset: str, *, models, seeds: int, fractions: Sequence[float], overrides: Sequence[str] = (),
+                   data: Path | None = None, out: Path | None = None, device: str = "auto",
+                   console: Console | None = None, quiet: bool = False, n_boot: int = N_BOOT) -> dict[str, Any]:
+    """Test AUC against the number of training learners: one plan comparison per fraction in
+    OUT/fraction_<f>/, each model trained on the nested, seeded subsample data.train_fraction = f
+    of the training learners (valid and test learners unchanged); OUT/learning_curve.*."""
+    console = console or Console(stderr=True, quiet=True)
+    out = Path(out) if out is not None else Path("comparisons") / f"{Path(preset).stem}_learning_curve"
+    points = []
+    for f in fractions:
+        console.print(f"[bold]train fraction {f:g}[/bold]", highlight=False)
+        sets = [*overrides, f"data.train_fraction={f}"]
+        result = compare(preset=preset, models=models, seeds=seeds, overrides=sets, data=data, out=out / f"fraction_{f:g}",
+                         device=device, console=console, quiet=quiet, n_boot=n_boot)
+        cfg = load_config(preset, [*sets, *([f"data.path={json.dumps(str(data))}"] if data is not None else [])])
+        points += curve_points(result, f, training_learners(cfg))
+    return write_learning_curve(out, preset, fractions, points)
+
+
+def curve_points(result: dict[str, Any], fraction: float, train_learners: int) -> list[dict[str, Any]]:
+    """One learning-curve point per model of a comparison made at `fraction`."""
+    points = []
+    for m in result["models"]:
+        vs = m.get("vs_reference")
+        points.append({
+            "fraction": fraction, "train_learners": train_learners, "model": m["label"], "seeds": m["seeds"],
+            "auc_mean": m["metrics"]["auc"]["mean"], "auc_std": m["metrics"]["auc"]["std"],
+            "auc_diff": vs["combined"]["auc"]["diff"] if vs else None, "auc_p": vs["combined"]["auc"]["p"] if vs else None,
+        })
+    return points
+
+
+def write_learning_curve(out: Path, preset: str, fractions: Sequence[float], points: list[dict[str, Any]]) -> dict[str, Any]:
+    """OUT/learning_curve.json, .csv, .md, .png from the points; returns the curve."""
+    curve = to_jsonable({"out": str(out), "preset": preset, "reference": REFERENCE, "fractions": list(fractions), "points": points})
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "learning_curve.json", curve)
+    atomic_write_text(out / "learning_curve.csv", pd.DataFrame(points).to_csv(index=False))
+    atomic_write_text(out / "learning_curve.md", learning_curve_markdown(curve))
+    plot_learning_curve(curve, out / "learning_curve.png")
+    return curve
 
 
 # ---------------------------------------------------------------- plan mode

@@ -27,7 +27,7 @@ from dsrsd_cli.io import read_json, write_json
 
 DEMO_LEARNERS = 300
 DEMO_PRESET = "smoke"
-DEMO_MODELS = ("dsrsd", "early", "late", "concat", "coattn", "single:item", "single:content", "single:behavior")
+DEMO_MODELS = ("dsrsd", "early", "late", "concat", "coattn", "single:item", "single:content", "single:behavior", "gbdt")
 DEMO_OVERRIDES = ("train.epochs=4", "train.max_steps_per_epoch=60", "train.patience=4")
 DEMO_SEEDS = 2
 MARKER = "demo.json"

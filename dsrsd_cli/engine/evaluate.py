@@ -180,6 +180,11 @@ def robustness_sweep(
         return compute_metrics(frame["label"].to_numpy(), frame_probs(frame)).get("auc", float("nan"))
 
     out: dict[str, Any] = {"levels": list(levels), "base_auc": base_auc, "seed": seed, "modalities": {}}
+    if not getattr(run.model, "reads_batch_inputs", True):
+        # gbdt scores a feature table built from the prepared files, not the batch tensors
+        # that add_noise perturbs: a noise sweep would measure nothing. Absence still applies.
+        levels = tuple(level for level in levels if level == 0)
+        passes = len(spec.modalities)
     with progress:
         task = progress.add_task("robustness sweep", total=passes)
         for i, modality in enumerate(spec.modalities):
@@ -193,10 +198,12 @@ def robustness_sweep(
                 generator = torch.Generator().manual_seed(seed * 1_000_003 + i * 1_009 + j)
                 noise_auc.append(auc_with(lambda b, m=modality, lv=level, g=generator: add_noise(b, m, lv, g)))
                 progress.advance(task)
+            if len(levels) < 2:
+                noise_auc = [base_auc] + [float("nan")] * (len(out["levels"]) - 1)
             out["modalities"][modality] = {
                 "absent_auc": absent,
-                "noise_kind": noise_kind(first, modality),
+                "noise_kind": noise_kind(first, modality) if len(levels) > 1 else "not applicable (model reads no batch tensors)",
                 "noise_auc": noise_auc,
-                "noise_area": area_under_curve(levels, noise_auc),
+                "noise_area": area_under_curve(levels, noise_auc) if len(levels) > 1 else float("nan"),
             }
     return out

@@ -28,7 +28,12 @@ shared_share = change_shared / (change_shared + change_private), changes in mean
 
 `--by` repeats everything per group of rows: EdNet `part` (TOEIC part of the predicted
 question); OULAD `final_result` or `module`.
-Files: RUN_DIR/explain/explain_<split>.json, explain_<split>.png (+ explain_<split>_by_<by>.png).
+Mechanisms (models with the aux keys: dsrsd, gates only for late): model/diagnostics.py's
+MechanismProbe over the split's full-coalition pass: cross-modal alignment (InfoNCE vs ln N,
+top-1 retrieval vs 1/N), health of the shared space (effective rank vs k, correlation, std),
+shared vs private cosine, gate entropy vs ln G. {} for models without them.
+Files: RUN_DIR/explain/explain_<split>.json, explain_<split>.png (+ explain_<split>_by_<by>.png,
+explain_<split>_mechanisms.png where there are mechanisms).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import hashlib
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,12 +59,15 @@ from dsrsd_cli.engine.runs import WEIGHTS_FILE, LoadedRun, load_run, probabiliti
 from dsrsd_cli.engine.stats import nearly_constant
 from dsrsd_cli.errors import BadInput, WorkFailed
 from dsrsd_cli.io import atomic_write_bytes, sha256_file, write_json
-from dsrsd_cli.report import explain_groups_table, explain_table, plot_explain, plot_explain_groups, print_json
+from dsrsd_cli.model.diagnostics import MechanismProbe, meaning
+from dsrsd_cli.report import (
+    explain_groups_table, explain_table, mechanisms_table, plot_explain, plot_explain_groups, plot_mechanisms, print_json,
+)
 from dsrsd_cli.types import Batch
 
 SPLITS = ("train", "valid", "test")
 EFFICIENCY_TOLERANCE = 1e-6
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: + mechanisms
 VALUE_FUNCTIONS = {
     "auc": "v(S) = AUC of the predictions with only the modalities in S present (others: learned absent token)",
     "logit": "v(S) = mean over scored rows of |logit_S - logit_none| (multi-class: centred logits, mean over classes); v(none) = 0",
@@ -102,7 +110,8 @@ class Passes:
 
     logits[s]: coalition s, a bit mask over `modalities` (bit i set = modality i present);
     streams: "m.shared" / "m.private" -> logits of the full model with that stream removed;
-    gates: (N, G) gate weights of the full model (G = 0 without a gate).
+    gates: (N, G) gate weights of the full model (G = 0 without a gate);
+    mechanisms: MechanismProbe.result() of the full model's passes ({} without the aux keys).
     """
 
     modalities: tuple[str, ...]
@@ -113,12 +122,14 @@ class Passes:
     gate_names: list[str]
     gates: np.ndarray                  # (N, G)
     groups: dict[str, np.ndarray]      # grouping -> (N,) labels
+    mechanisms: dict[str, Any] = field(default_factory=dict)   # flat, JSON in the npz
 
     def to_npz(self, key: str) -> bytes:
         arrays = {
             "key": np.array(key), "modalities": np.array(self.modalities), "logits": self.logits, "labels": self.labels,
             "stream_names": np.array(self.stream_names, dtype=str), "stream_logits": self.stream_logits,
             "gate_names": np.array(self.gate_names, dtype=str), "gates": self.gates,
+            "mechanisms": np.array(json.dumps(self.mechanisms)),
             **{f"group:{name}": values.astype(str) for name, values in self.groups.items()},
         }
         buffer = io.BytesIO()
@@ -137,8 +148,11 @@ class Passes:
                     stream_names=[str(s) for s in z["stream_names"]], stream_logits=z["stream_logits"],
                     gate_names=[str(g) for g in z["gate_names"]], gates=z["gates"],
                     groups={name[6:]: z[name] for name in z.files if name.startswith("group:")},
+                    mechanisms=json.loads(str(z["mechanisms"])),
                 )
         except (OSError, ValueError, KeyError, EOFError):
+            return None
+        if not isinstance(passes.mechanisms, dict):
             return None
         n = len(passes.labels)
         shapes_ok = (
@@ -184,6 +198,7 @@ def compute_passes(run: LoadedRun, loader, console: Console | None = None) -> Pa
     streams: list[list[np.ndarray]] = [[] for _ in ablations]
     labels, gates, rows = [], [], []
     gate_names: list[str] = []
+    probe = MechanismProbe(tau=run.cfg.loss.tau)
     model.eval()
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -197,6 +212,8 @@ def compute_passes(run: LoadedRun, loader, console: Console | None = None) -> Pa
             for s in range(n_subsets):
                 out = model(batch.without(*_subset_absent(s, mods)))
                 logits[s].append(out.logits[mask].float().cpu().numpy())
+                if s == n_subsets - 1:   # the full model: its gates on the scored units, as `gates` below
+                    probe.add(out.aux, gate_rows=mask.reshape(-1)[batch.valid.reshape(-1).bool()])
                 if s == n_subsets - 1 and "gates" in out.aux:
                     scored = mask.reshape(-1)[batch.valid.reshape(-1).bool()]          # valid units that are scored
                     gates.append(out.aux["gates"][scored].float().cpu().numpy())
@@ -223,6 +240,7 @@ def compute_passes(run: LoadedRun, loader, console: Console | None = None) -> Pa
         gate_names=gate_names,
         gates=np.concatenate(gates) if gates else np.zeros((n, 0), np.float32),
         groups={name: fn(frame, run.prepared).astype(str) for name, (_, fn) in GROUPINGS[spec.dataset].items()},
+        mechanisms=probe.result(),
     )
 
 
@@ -371,7 +389,10 @@ def explain_run(run_dir: str | Path, *, split: str = "test", by: str | None = No
         "absent": "a modality outside the coalition is marked absent (Batch.without): the model's learned absent token",
         "gates_note": "mean gate weights: how much each stream is weighted, not an attribution",
         **attribution(passes),
+        "mechanisms": dict(passes.mechanisms),
     }
+    if passes.mechanisms:
+        result["mechanisms_meaning"] = {key: meaning(key) for key in passes.mechanisms}
     if by is not None:
         labels = passes.groups[by]
         order = GROUP_ORDER.get(by)
@@ -385,6 +406,8 @@ def explain_run(run_dir: str | Path, *, split: str = "test", by: str | None = No
     plot_explain(result, out_dir / f"explain_{split}.png")
     if by is not None:
         plot_explain_groups(result, out_dir / f"explain_{split}_by_{by}.png")
+    if result["mechanisms"]:
+        plot_mechanisms(result, out_dir / f"explain_{split}_mechanisms.png")
     return result
 
 
@@ -393,6 +416,8 @@ def explain_from_cli(*, run_dir: Path, split: str, by: str | None, json_out: boo
     console.print(explain_table(result))
     if "by" in result:
         console.print(explain_groups_table(result))
+    if result.get("mechanisms"):
+        console.print(mechanisms_table(result))
     console.print(f"wrote {Path(run_dir) / 'explain'}/", highlight=False)
     if json_out:
         print_json(result)

@@ -214,7 +214,15 @@ def check_compatible(run_spec: DataSpec, data_spec: DataSpec, where: str) -> Non
         )
 
 
+def attach_data(model: nn.Module, prepared: Prepared, data_cfg) -> None:
+    """Models that read the prepared tables beyond the batch (the fitted `gbdt`) get them here."""
+    if hasattr(model, "attach"):
+        model.attach(prepared, data_cfg)
+
+
 def _check_weights_fit(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path, name: str, version: Any) -> None:
+    if getattr(model, "state_shapes_vary", False):   # a fitted model checks its own state on load
+        return
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -266,6 +274,7 @@ def load_run(run_dir: str | Path, *, device: str = "cpu", data: Path | None = No
     model = build_model(info.spec, cfg.model, cfg.loss)
     _check_weights_fit(model, tensors, run_dir / WEIGHTS_FILE, cfg.model.name, info.record.get("tool_version"))
     model.load_state_dict(tensors, strict=True)
+    attach_data(model, prepared, cfg.data)
     dev = resolve_device(device)
     model.to(dev).eval()
     return LoadedRun(run_dir=run_dir, cfg=cfg, spec=info.spec, model=model, prepared=prepared, device=dev, info=info, same_data=same_data)
@@ -315,10 +324,12 @@ def predict_batches(
     transform: Callable[[Batch], Batch] | None = None,
     n_outputs: int | None = None,
     classes: Sequence[str] | None = None,
+    on_output: Callable[[Any, Batch], None] | None = None,
 ) -> pd.DataFrame:
     """Keys + label + probability for every scored position (`batch.mask`) of every batch.
 
     `transform` changes each batch before the forward pass (modality masks, noise).
+    `on_output(output, batch)` sees every ModelOutput (the mechanism diagnostics read its aux).
     Multi-class runs get one probability column per class, named after `classes`
     (class_names(spec); e.g. probability_Pass ...), in logit order.
     """
@@ -331,7 +342,10 @@ def predict_batches(
             batch = batch.to(device)
             if transform is not None:
                 batch = transform(batch)
-            logits = model(batch).logits
+            output = model(batch)
+            if on_output is not None:
+                on_output(output, batch)
+            logits = output.logits
             n_out = n_outputs or (logits.shape[-1] if logits.dim() > batch.mask.dim() else 1)
             mask = batch.mask.bool()
             rows = mask.nonzero(as_tuple=True)[0]

@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -50,13 +50,14 @@ from dsrsd_cli.data.loader import make_loader, make_spec, open_prepared
 from dsrsd_cli.engine.metrics import compute_metrics, to_jsonable
 from dsrsd_cli.engine.runs import (
     CONFIG_FILE, HISTORY_FILE, LOG_FILE, METRICS_FILE, PREDICTIONS_FILE, STATE_FILE, WEIGHTS_FILE,
-    class_names, frame_probs, load_state, load_weights, next_run_dir, predict_batches, read_run_info, resolve_device,
+    attach_data, class_names, frame_probs, load_state, load_weights, next_run_dir, predict_batches, read_run_info, resolve_device,
     save_state, save_weights, spec_to_dict,
 )
 from dsrsd_cli.errors import BadInput, WorkFailed
 from dsrsd_cli.io import atomic_write_bytes, atomic_write_text, write_json
 from dsrsd_cli.model import losses
-from dsrsd_cli.model.registry import build_model, model_names
+from dsrsd_cli.model.diagnostics import MechanismProbe
+from dsrsd_cli.model.registry import build_model, model_kind, model_names
 from dsrsd_cli.report import metrics_table, print_json
 
 # Config keys that may change on --resume without changing the result.
@@ -81,6 +82,8 @@ def train_from_cli(
         cfg = resume_config(resume, preset=preset, **options)
     else:
         cfg = config_from_cli(preset, **options)
+    if nproc > 1 and model_kind(cfg.model.name) == "fitted":
+        raise BadInput(f"--nproc {nproc}: model {cfg.model.name!r} is fitted in one process (LightGBM uses the cores itself); drop --nproc")
     if nproc > 1 and not env.distributed:
         _launch_distributed(cfg, nproc=nproc, preset=preset, out=out, resume=resume, json_out=json_out, console=console, **options)
         return
@@ -396,16 +399,23 @@ def _gather_rng(env: DistEnv) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------- the loop
 
-def train_run(cfg: RunConfig, *, out: Path | None = None, resume: Path | None = None, console: Console | None = None, quiet: bool = False) -> Path:
+def train_run(cfg: RunConfig, *, out: Path | None = None, resume: Path | None = None, console: Console | None = None,
+              quiet: bool = False, on_epoch: Callable[[int, float], None] | None = None) -> Path:
     """Train `cfg`, write the run folder, evaluate the best weights on valid and test.
 
     Returns the run folder. `resume`: a run folder to continue (its config must match `cfg`).
     Progress goes to `console` (default: stderr) unless `quiet`; only rank 0 prints.
+    `on_epoch(epoch, valid_auc)` is called after each epoch's state is saved (`dsrsd tune`
+    prunes trials from it by raising; the run folder then holds a resumable state).
     """
     env = DistEnv.from_env()
     if quiet or not env.is_main:
         console = Console(stderr=True, quiet=True)
     console = console or Console(stderr=True)
+    if model_kind(cfg.model.name) == "fitted":
+        from dsrsd_cli.engine.fit import fit_run
+
+        return fit_run(cfg, out=out, resume=resume, console=console, on_epoch=on_epoch)
     device = resolve_device(cfg.train.device)
     if device.type == "cuda" and env.distributed:
         device = torch.device("cuda", env.local_rank)
@@ -413,7 +423,7 @@ def train_run(cfg: RunConfig, *, out: Path | None = None, resume: Path | None = 
     created_group = _init_distributed(env, device)
     restore_globals = _set_determinism(device, cfg.train.threads)
     try:
-        return Trainer(cfg, env, device, console, out=out, resume=resume).fit()
+        return Trainer(cfg, env, device, console, out=out, resume=resume, on_epoch=on_epoch).fit()
     finally:
         restore_globals()
         if created_group:
@@ -424,8 +434,10 @@ class Trainer:
     """One run: data, model, optimizer, schedule and the loop state, from a fresh start or
     from a run folder's saved state. `fit()` runs the epochs left and the final evaluation."""
 
-    def __init__(self, cfg: RunConfig, env: DistEnv, device: torch.device, console: Console, *, out: Path | None, resume: Path | None):
+    def __init__(self, cfg: RunConfig, env: DistEnv, device: torch.device, console: Console, *, out: Path | None, resume: Path | None,
+                 on_epoch: Callable[[int, float], None] | None = None):
         self.cfg, self.env, self.device, self.console = cfg, env, device, console
+        self.on_epoch = on_epoch
         self.prepared = open_prepared(cfg.data.path)
         self.spec = spec = make_spec(self.prepared, cfg.data)
         names = model_names(spec)
@@ -483,16 +495,7 @@ class Trainer:
             console.print(f"resuming {self.run_dir} at epoch {where.epoch + 1}, step {where.step_in_epoch}/{self.steps_per_epoch}"
                           f"{' (already finished: evaluating again)' if where.finished else ''}")
         elif env.is_main:
-            write_json(self.run_dir / CONFIG_FILE, {
-                "config": cfg.model_dump(),
-                "spec": spec_to_dict(spec),
-                "data": {"path": str(Path(cfg.data.path).resolve()), "manifest_hash": self.prepared.manifest_hash, "dataset": spec.dataset},
-                "tool_version": __version__,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "model_names": names,
-                "n_parameters": sum(p.numel() for p in self.model.parameters()),
-                "environment": {"device": str(device), "world_size": env.world_size, "torch": torch.__version__},
-            })
+            write_run_config(self.run_dir, cfg, spec, self.prepared, self.model, device, env.world_size)
             self.log(f"new run: model {cfg.model.name}, preset {cfg.preset}, data {cfg.data.path}, device {device}, world size {env.world_size}")
 
     # ---- the loop
@@ -573,14 +576,16 @@ class Trainer:
         """Validate (rank 0; every rank gets the result), record, keep the best weights,
         decide on early stopping, save the state."""
         where, env = self.where, self.env
-        valid = _validate(self.model, self.valid_loader, self.device, self.spec) if env.is_main else None
+        valid = _validate(self.model, self.valid_loader, self.device, self.spec, self.cfg.loss.tau) if env.is_main else None
         valid = _from_rank0(valid, env)
         auc = valid.get("auc", math.nan)
+        mechanisms = valid.pop("mechanisms", {})
         sums = where.epoch_sums
         steps = max(sums.get("steps", 0.0), 1.0)
         record = {"epoch": epoch + 1, "train_loss": sums.get("loss", math.nan) / steps}
         record.update({k: v / steps for k, v in sums.items() if k.startswith("loss_")})
         record.update({f"valid_{k}": v for k, v in valid.items() if not isinstance(v, list)})
+        record.update({f"mech_{k}": v for k, v in mechanisms.items() if isinstance(v, (int, float))})
         record.update({"lr": self.scheduler.get_last_lr()[0], "seconds": round(seconds, 3), "rows_per_s": rows_here / max(seconds, 1e-9)})
         where.history.append(record)
 
@@ -602,6 +607,8 @@ class Trainer:
         if early_stop:
             self.console.print(f"early stop: no valid AUC gain for {where.bad_epochs} epochs (best {where.best_auc:.4f} at epoch {where.best_epoch})")
             self.log(f"early stop after epoch {epoch + 1}; best epoch {where.best_epoch}")
+        if self.on_epoch is not None:
+            self.on_epoch(epoch + 1, auc)
         return auc, improved, record
 
     # ---- state, interruption, failure
@@ -634,11 +641,29 @@ class Trainer:
         raise WorkFailed(message)
 
 
-def _validate(model: nn.Module, loader, device: torch.device, spec) -> dict[str, Any]:
-    frame = predict_batches(model, loader, device, n_outputs=spec.n_outputs, classes=class_names(spec))
+def write_run_config(run_dir: Path, cfg: RunConfig, spec, prepared, model: nn.Module, device: torch.device, world_size: int) -> None:
+    """config.json: the resolved config, the data spec and manifest hash, and where it ran."""
+    write_json(run_dir / CONFIG_FILE, {
+        "config": cfg.model_dump(),
+        "spec": spec_to_dict(spec),
+        "data": {"path": str(Path(cfg.data.path).resolve()), "manifest_hash": prepared.manifest_hash, "dataset": spec.dataset},
+        "tool_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model_names": model_names(spec),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "environment": {"device": str(device), "world_size": world_size, "torch": torch.__version__},
+    })
+
+
+def _validate(model: nn.Module, loader, device: torch.device, spec, tau: float) -> dict[str, Any]:
+    """Validation metrics, plus the mechanism diagnostics (model/diagnostics.py) under
+    "mechanisms" for models whose output carries streams or gates."""
+    probe = MechanismProbe(tau=tau)
+    frame = predict_batches(model, loader, device, n_outputs=spec.n_outputs, classes=class_names(spec),
+                            on_output=lambda output, batch: probe.add(output.aux))
     if frame.empty:
         return {"auc": math.nan, "n": 0}
-    return compute_metrics(frame["label"].to_numpy(), frame_probs(frame))
+    return {**compute_metrics(frame["label"].to_numpy(), frame_probs(frame)), "mechanisms": probe.result()}
 
 
 def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -648,6 +673,7 @@ def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
 def _final_evaluation(model, run_dir, prepared, cfg, spec, device, where: LoopState, eval_batch, console, log) -> None:
     """Best weights on valid and test: metrics.json and predictions.parquet (test)."""
     model.load_state_dict(load_weights(run_dir / WEIGHTS_FILE))
+    attach_data(model, prepared, cfg.data)
     results, test_frame = {}, None
     for split in ("valid", "test"):
         loader = make_loader(prepared, split, cfg.data, shuffle=False, seed=cfg.train.seed, batch_size=eval_batch)

@@ -30,6 +30,8 @@ from dsrsd_cli.model.encoders import (
 from dsrsd_cli.types import Batch, ModelOutput
 
 STREAMS = ("shared", "private")   # what `ablate` entries name: "<modality>.shared" | "<modality>.private"
+# Mechanisms a DSRSD-Net variant can be built without (registry `dsrsd:no-align`, ...): the paper's ablations.
+MECHANISMS = ("align", "decorr", "orth", "private", "shared", "gate")
 
 
 class Head(nn.Sequential):
@@ -150,15 +152,27 @@ class DSRSDFusion(nn.Module):
     "gates" (N_valid, 1+M) for the valid units in batch.valid order, "gate_names";
     "shared"/"private": modality -> z_m / q_m (N, k) of the sampled units, with
     "aux_rows" (N,) their flat unit indices and "aux_present": modality -> (N,) bool.
+
+    `without` removes mechanisms (MECHANISMS) for the ablation table: "align" / "decorr" /
+    "orth" drop that loss term; "private" closes every private stream; "shared" closes the
+    consensus (and drops the alignment and decorrelation terms, which act on it alone);
+    "gate" weighs the open streams equally instead of by the gate network.
     """
 
     def __init__(
         self, *, modalities: tuple[str, ...], d: int, k: int, n_outputs: int, dropout: float,
         aux_rows: int, tau: float, orth_private_pairs: bool, private_dropout: float = 0.0,
+        without: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__()
+        unknown = set(without) - set(MECHANISMS)
+        if unknown:
+            raise ValueError(f"unknown mechanisms {sorted(unknown)}; choose from {MECHANISMS}")
         self.modalities = tuple(modalities)
-        self.private_dropout = private_dropout
+        self.without = frozenset(without)
+        # Closing private streams at random exists to make the head lean on the consensus;
+        # without a consensus it would only leave units with nothing to read.
+        self.private_dropout = 0.0 if "shared" in self.without else private_dropout
         M = len(self.modalities)
         self.aux_rows, self.tau, self.orth_private_pairs = aux_rows, tau, orth_private_pairs
         self.shared = nn.Sequential(StackedLinear(stacks=M, d_in=d, d_out=d), nn.GELU(),
@@ -197,10 +211,14 @@ class DSRSDFusion(nn.Module):
         z = self.align(s)                                                                    # (M, V, k)
 
         in_consensus = here & self._kept(ablate, "shared", here.device)                      # (M, V)
+        if "shared" in self.without:
+            in_consensus = torch.zeros_like(in_consensus)
         weight = in_consensus.to(z.dtype).unsqueeze(-1)                                      # (M, V, 1)
         c = (z * weight).sum(0) / weight.sum(0).clamp(min=1)                                 # (V, k)
         streams = torch.cat([c.unsqueeze(0), q])                                             # (1+M, V, k)
         private_open = here & self._kept(ablate, "private", here.device)                     # (M, V)
+        if "private" in self.without:
+            private_open = torch.zeros_like(private_open)
         if self.training and self.private_dropout > 0:
             # Private streams hold what only their modality knows, so they are what a missing
             # modality takes away; closing them at random teaches the head to lean on the
@@ -209,7 +227,10 @@ class DSRSDFusion(nn.Module):
         # The consensus stays open when nothing else is, so every unit has one stream.
         consensus_open = in_consensus.any(0) | ~private_open.any(0)                          # (V,)
         is_open = torch.cat([consensus_open.unsqueeze(0), private_open]).T                   # (V, 1+M)
-        scores = self.gate(streams.transpose(0, 1).flatten(1)).float().masked_fill(~is_open, float("-inf"))
+        if "gate" in self.without:   # a plain mean of the open streams
+            scores = torch.zeros(is_open.shape, device=is_open.device).masked_fill(~is_open, float("-inf"))
+        else:
+            scores = self.gate(streams.transpose(0, 1).flatten(1)).float().masked_fill(~is_open, float("-inf"))
         gates = torch.softmax(scores, dim=-1)                                                # (V, 1+M)
         fused = (gates.T.unsqueeze(-1) * streams).sum(0)                                     # (V, k)
         y = self.head(fused)                                                                 # (V, C)
@@ -237,12 +258,15 @@ class DSRSDFusion(nn.Module):
         orth = [losses.orthogonality(s[m], p[m], here[m]) for m in names]
         if self.orth_private_pairs:
             orth += [losses.orthogonality(p[a], p[b], here[a] & here[b]) for a, b in combinations(names, 2)]
-        return {
-            "infonce": losses.info_nce(z, here, self.tau),
-            "regression": losses.regression_alignment(z, here, predictors),
-            "decorrelation": torch.stack([losses.decorrelation(z[m], here[m]) for m in names]).mean(),
-            "orthogonality": torch.stack(orth).mean(),
-        }
+        terms = {}
+        if not {"align", "shared"} & self.without:
+            terms["infonce"] = losses.info_nce(z, here, self.tau)
+            terms["regression"] = losses.regression_alignment(z, here, predictors)
+        if not {"decorr", "shared"} & self.without:
+            terms["decorrelation"] = torch.stack([losses.decorrelation(z[m], here[m]) for m in names]).mean()
+        if "orth" not in self.without:
+            terms["orthogonality"] = torch.stack(orth).mean()
+        return terms
 
 
 # ----------------------------------------------------------------------------- baselines

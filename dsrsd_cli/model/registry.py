@@ -7,6 +7,7 @@ like `single:<modality>`, registers once with a function listing its variants.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from torch import nn
@@ -20,28 +21,56 @@ from dsrsd_cli.model.fusion import (
 from dsrsd_cli.types import DataSpec
 
 Builder = Callable[[DataSpec, ModelConfig, LossConfig, "str | None"], nn.Module]
-_REGISTRY: dict[str, tuple[Builder, Callable[[DataSpec], Sequence[str]] | None]] = {}
+# How a model learns: "neural" by the gradient loop (engine/train.py), "fitted" by its own
+# fit (engine/fit.py: the gbdt reference). Both write the same run folder.
+KINDS = ("neural", "fitted")
 
 
-def register(name: str, *, variants: Callable[[DataSpec], Sequence[str]] | None = None):
+@dataclass(frozen=True)
+class _Entry:
+    builder: Builder
+    variants: Callable[[DataSpec], Sequence[str]] | None
+    plain: bool
+    kind: str
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register(name: str, *, variants: Callable[[DataSpec], Sequence[str]] | None = None, plain: bool = False,
+             kind: str = "neural"):
     """Decorator: register `builder(spec, model_cfg, loss_cfg, variant)` under `name`.
 
-    With `variants`, the names are f"{name}:{v}" for v in variants(spec).
+    With `variants`, the names are f"{name}:{v}" for v in variants(spec), plus `name`
+    itself (variant None) when `plain`.
     """
+    assert kind in KINDS, kind
+
     def decorate(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = (builder, variants)
+        _REGISTRY[name] = _Entry(builder, variants, plain, kind)
         return builder
     return decorate
 
 
-def model_names(spec: DataSpec) -> list[str]:
-    """Every model name valid for this data, e.g. dsrsd, early, ..., single:item."""
+def model_names(spec: DataSpec, kind: str | None = None) -> list[str]:
+    """Every model name valid for this data (of one `kind` if given), e.g. dsrsd,
+    dsrsd:no-align, ..., early, ..., single:item, gbdt. The one answer to "is this a model"."""
     names: list[str] = []
-    for name, (_, variants) in _REGISTRY.items():
-        names += [name] if variants is None else [f"{name}:{v}" for v in variants(spec)]
+    for name, entry in _REGISTRY.items():
+        if kind is not None and entry.kind != kind:
+            continue
+        names += [name] if entry.variants is None or entry.plain else []
+        names += [] if entry.variants is None else [f"{name}:{v}" for v in entry.variants(spec)]
     return names
+
+
+def model_kind(name: str) -> str:
+    """"neural" or "fitted" for a registered model name (the family decides); unknown -> "neural",
+    which build_model then refuses with the list of valid names."""
+    entry = _REGISTRY.get(name.partition(":")[0])
+    return entry.kind if entry is not None else "neural"
 
 
 def build_model(spec: DataSpec, model_cfg: ModelConfig, loss_cfg: LossConfig) -> nn.Module:
@@ -53,8 +82,7 @@ def build_model(spec: DataSpec, model_cfg: ModelConfig, loss_cfg: LossConfig) ->
     if model_cfg.d_model % model_cfg.n_heads:
         raise BadInput(f"model.d_model = {model_cfg.d_model} is not divisible by model.n_heads = {model_cfg.n_heads}")
     family, _, variant = model_cfg.name.partition(":")
-    builder, _ = _REGISTRY[family]
-    return builder(spec, model_cfg, loss_cfg, variant or None)
+    return _REGISTRY[family].builder(spec, model_cfg, loss_cfg, variant or None)
 
 
 def _multimodal(spec: DataSpec, cfg: ModelConfig, fusion: nn.Module, modalities: Sequence[str]) -> MultimodalModel:
@@ -62,12 +90,23 @@ def _multimodal(spec: DataSpec, cfg: ModelConfig, fusion: nn.Module, modalities:
                            d=cfg.d_model, modality_dropout=cfg.modality_dropout)
 
 
-@register("dsrsd")
+# The paper's ablation table: `dsrsd:<name>` is DSRSD-Net without these mechanisms (fusion.MECHANISMS).
+ABLATIONS: dict[str, frozenset[str]] = {
+    "no-align": frozenset({"align"}),       # no InfoNCE / regression alignment terms
+    "no-decorr": frozenset({"decorr"}),     # no decorrelation (VICReg) term
+    "no-orth": frozenset({"orth"}),         # no shared-private orthogonality term
+    "no-private": frozenset({"private"}),   # private streams closed: consensus only
+    "no-shared": frozenset({"shared"}),     # consensus closed: private streams only
+    "mean-gate": frozenset({"gate"}),       # plain mean of the open streams instead of the gate
+}
+
+
+@register("dsrsd", variants=lambda spec: list(ABLATIONS), plain=True)
 def _dsrsd(spec: DataSpec, cfg: ModelConfig, loss: LossConfig, variant: str | None) -> nn.Module:
     fusion = DSRSDFusion(
         modalities=spec.modalities, d=cfg.d_model, k=cfg.k_shared, n_outputs=spec.n_outputs, dropout=cfg.dropout,
         aux_rows=loss.aux_rows, tau=loss.tau, orth_private_pairs=loss.orth_private_pairs,
-        private_dropout=cfg.private_dropout,
+        private_dropout=cfg.private_dropout, without=ABLATIONS[variant] if variant else frozenset(),
     )
     return _multimodal(spec, cfg, fusion, spec.modalities)
 
@@ -107,3 +146,11 @@ def _single(spec: DataSpec, cfg: ModelConfig, loss: LossConfig, variant: str | N
     """One modality's encoder + head; the other modalities are ignored (SAKT-like for single:item)."""
     fusion = ConcatFusion(modalities=(variant,), d=cfg.d_model, n_outputs=spec.n_outputs, dropout=cfg.dropout)
     return _multimodal(spec, cfg, fusion, (variant,))
+
+
+@register("gbdt", kind="fitted")
+def _gbdt(spec: DataSpec, cfg: ModelConfig, loss: LossConfig, variant: str | None) -> nn.Module:
+    """LightGBM on causal per-answer / per-registration features (model/gbdt.py); fitted by engine/fit.py."""
+    from dsrsd_cli.model.gbdt import GBDTModel
+
+    return GBDTModel(spec=spec)

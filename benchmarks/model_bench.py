@@ -67,7 +67,7 @@ def main() -> None:
     print(f"{'dataset':<8} {'model':<22} {'params':>10} {'fwd+bwd ms':>11}")
     for dataset, spec, batch in cases:
         batch = batch.to(device)
-        for name in model_names(spec):
+        for name in model_names(spec, kind="neural"):   # gbdt has no gradient step
             torch.manual_seed(0)
             model = build_model(spec, ModelConfig(name=name), LossConfig()).to(device).train()
             params = sum(p.numel() for p in model.parameters())

@@ -136,7 +136,7 @@ def main() -> None:
             console.print(f"preparing the built-in EdNet sample ({args.learners} learners) ...")
             prepare_dataset(dataset="ednet", raw=None, out=Path(args.data), sample_size=args.learners, seed=0, workers=1)
         cfg = load_config(args.preset, [f'data.path="{args.data}"'])
-        names = args.models.split(",") if args.models else model_names(make_spec(open_prepared(args.data), cfg.data))
+        names = args.models.split(",") if args.models else model_names(make_spec(open_prepared(args.data), cfg.data), kind="neural")
         results = []
         for name in names:
             cmd = [sys.executable, __file__, "--one", name, "--data", args.data, "--preset", args.preset, "--batch-size", str(args.batch_size),

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from model_fakes import ednet_batch, ednet_spec, oulad_batch, oulad_spec  # noqa: E402
 
-from dsrsd_cli.config import LossConfig, ModelConfig  # noqa: E402
+from dsrsd_cli.config import DSRSDConfig, ModelConfig  # noqa: E402
 from dsrsd_cli.model import build_model, model_names  # noqa: E402
 from dsrsd_cli.model.losses import task_loss  # noqa: E402
 
@@ -69,7 +69,7 @@ def main() -> None:
         batch = batch.to(device)
         for name in model_names(spec, kind="neural"):   # gbdt has no gradient step
             torch.manual_seed(0)
-            model = build_model(spec, ModelConfig(name=name), LossConfig()).to(device).train()
+            model = build_model(spec, ModelConfig(name=name), DSRSDConfig()).to(device).train()
             params = sum(p.numel() for p in model.parameters())
             seconds = time_step(model, batch, spec.n_outputs, device, args.reps)
             print(f"{dataset:<8} {name:<22} {params:>10,} {seconds * 1e3:>11.1f}", flush=True)

@@ -68,12 +68,12 @@ def train_all(preset: str, models: str, seeds: int, overrides: list[str], data: 
 
     configs = plan_configs(preset, models=models, seeds=seeds, overrides=[*overrides, "train.threads=1"], data=data)
     jobs = [(c.model_dump(), str(out / "runs" / run_folder_name(c.model.name, c.train.seed))) for c in configs]
-    # the slowest first, so the pool does not end on one long run
-    slow = {"coattn": 0, "dsrsd": 1, "concat": 2, "late": 3}
-    jobs.sort(key=lambda job: slow.get(job[0]["model"]["name"].partition(":")[0], 9))
+    slow = {"coattn": 0, "dsrsd": 1, "concat": 2, "late": 3}   # the slowest first: the pool does not end on one long run
+    in_plan_order = [Path(run_dir) for _, run_dir in jobs]
+    jobs = sorted(jobs, key=lambda job: slow.get(job[0]["model"]["name"].partition(":")[0], 9))
     with mp.get_context("spawn").Pool(workers) as pool:
         pool.map(_train_one, jobs, chunksize=1)
-    return [Path(run_dir) for _, run_dir in sorted(jobs, key=lambda job: job[1])]
+    return in_plan_order
 
 
 def prepared_sample(dataset: str, out: Path) -> Path:
@@ -113,7 +113,7 @@ def oracle_auc(dataset: str, data: Path, run_dir: Path) -> dict[str, float]:
         rows = rows.merge(truth, on=["user", "timestamp", "question_id"], how="left")
         columns = {"oracle": "p_correct"}
     else:
-        from dsrsd_cli.data.sample_oulad import oracle_at_risk
+        from dsrsd_cli.samples.oulad import oracle_at_risk
 
         cutoff = json.loads((run_dir / "config.json").read_text())["config"]["data"]["cutoff_day"]
         truth = truth.assign(p_oracle=oracle_at_risk(truth, cutoff))
@@ -323,7 +323,7 @@ def main() -> None:
         lines, targets = parts[name]()
         lines.append(f"Part `{name}`: {time.time() - t0:.0f} s wall time ({args.workers} workers, 1 thread each).")
         (args.out / "parts" / f"{name}.md").write_text("\n".join(lines) + "\n")
-        (args.out / "parts" / f"{name}.targets.json").write_text(json.dumps(targets))
+        (args.out / "parts" / f"{name}.targets.json").write_text(json.dumps([(t, bool(met), fig) for t, met, fig in targets]))
         print("\n".join(lines), flush=True)
     report = ["# dsrsd quality benchmark", ""]
     targets = []

@@ -69,7 +69,7 @@ def run_one(args) -> dict:
     rss_before = _read_status("VmRSS")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model = build_model(spec, cfg.model, cfg.loss).to(device).train()
+    model = build_model(spec, cfg.model, cfg.dsrsd).to(device).train()
     optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
     rates = []
     for i, batch in enumerate(batches):

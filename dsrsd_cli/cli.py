@@ -63,9 +63,9 @@ def prepare(
 
     Example: [bold]dsrsd prepare --dataset ednet --raw ~/EdNet-KT4.zip --workers 2[/bold]
     """
-    from dsrsd_cli.data.prepare import prepare_dataset
+    from dsrsd_cli.engine.prepare import prepare_from_cli
 
-    prepare_dataset(
+    prepare_from_cli(
         dataset=dataset, raw=raw, out=out, max_users=max_users, seed=seed, workers=workers, force=force,
         strict=strict, sample_size=sample_size, split_by=split_by, strengths=list(sample_strength or []),
         json_out=json_out, console=console,

@@ -1,13 +1,19 @@
-"""One config object (pydantic) for a run: data, model, loss, train. Presets are TOML files.
+"""One config object (pydantic) for a run: data, model, dsrsd, loss, train, gbdt. Presets are TOML files.
 
 `load_config("default", overrides=["loss.lambda_orth=0.2"])` reads
 dsrsd_cli/presets/default.toml (or a path to a .toml file), applies the `--set`
 overrides and validates everything; an unknown key or a bad value is a BadInput
 naming the key.
+
+One reader per section: `model` sizes every neural model (encoders, fusions), `dsrsd` is
+read by the DSRSD-Net builder only (model/registry.py), `loss` (the weights of the
+auxiliary terms) by losses.combine only, `gbdt` by the fitted reference model only.
+Run folders written before `[dsrsd]` existed load through `migrate_config` (MOVED_KEYS).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import tomllib
 from importlib import resources
@@ -43,22 +49,29 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     name: str = "dsrsd"                 # any registered model, see `dsrsd train --help`
     d_model: int = Field(64, ge=4)
-    k_shared: int = Field(32, ge=2)
     n_heads: int = Field(4, ge=1)
     n_layers: int = Field(1, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     modality_dropout: float = Field(0.15, ge=0.0, lt=1.0)
-    private_dropout: float = Field(0.0, ge=0.0, lt=1.0)   # DSRSD-Net: close each private stream in training
+
+
+class DSRSDConfig(_Strict):
+    """DSRSD-Net's own settings (the `dsrsd` and `dsrsd:*` models); the baselines never see them."""
+
+    k_shared: int = Field(32, ge=2)                       # size of the shared (consensus) space
+    private_dropout: float = Field(0.0, ge=0.0, lt=1.0)   # close each private stream in training
+    tau: float = Field(0.1, gt=0.0)                       # InfoNCE temperature
+    aux_rows: int = Field(1024, ge=8)                     # units sampled per batch for the auxiliary losses
+    orth_private_pairs: bool = False                      # also push private streams apart pairwise
 
 
 class LossConfig(_Strict):
+    """Weights of the auxiliary losses in the total (read by losses.combine only)."""
+
     lambda_align: float = Field(0.1, ge=0.0)
     mu_reg: float = Field(1.0, ge=0.0)
     lambda_dec: float = Field(0.04, ge=0.0)
     lambda_orth: float = Field(0.1, ge=0.0)
-    tau: float = Field(0.1, gt=0.0)
-    aux_rows: int = Field(1024, ge=8)
-    orth_private_pairs: bool = False
 
 
 class TrainConfig(_Strict):
@@ -93,9 +106,30 @@ class RunConfig(_Strict):
     preset: str = "default"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
+    dsrsd: DSRSDConfig = DSRSDConfig()
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     gbdt: GBDTConfig = GBDTConfig()
+
+
+# Keys that never change a run's result: they may differ on --resume (engine/checkpoint.py),
+# between the runs of one model in `compare` and between the trials of one `tune` study.
+RESULT_FREE_KEYS = frozenset({"preset", "data.path", "data.num_workers", "train.device", "train.threads", "train.eval_batch_size"})
+
+
+def flat_keys(cfg: RunConfig) -> dict[str, Any]:
+    """Every setting of `cfg` as "section.key" -> value."""
+    def flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+    return flat(cfg.model_dump(), "")
+
+
+def result_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The settings that can change a run's result (flat_keys without RESULT_FREE_KEYS)."""
+    return {k: v for k, v in flat_keys(cfg).items() if k not in RESULT_FREE_KEYS}
 
 
 def preset_names() -> list[str]:
@@ -147,12 +181,46 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+# Keys that moved to their own section: old path -> new path. A run folder's config.json from
+# before the move is migrated (migrate_config); a preset or --set naming an old path is refused
+# with the new one.
+MOVED_KEYS = {
+    "model.k_shared": "dsrsd.k_shared",
+    "model.private_dropout": "dsrsd.private_dropout",
+    "loss.tau": "dsrsd.tau",
+    "loss.aux_rows": "dsrsd.aux_rows",
+    "loss.orth_private_pairs": "dsrsd.orth_private_pairs",
+}
+
+
+def migrate_config(raw: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """A saved config (config.json of a run folder) in today's layout: the keys of MOVED_KEYS
+    moved to their new place. Returns a new dict; one already in today's layout is unchanged."""
+    raw = copy.deepcopy(raw)
+    for old, new in MOVED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = raw.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        value = section.pop(old_key)
+        target = raw.setdefault(new_section, {})
+        if isinstance(target, dict):
+            if new_key in target and target[new_key] != value:
+                raise BadInput(f"{where}: {old} = {value!r} and {new} = {target[new_key]!r} are both given; {old} moved to {new}, keep only that one")
+            target[new_key] = value
+    return raw
+
+
 def validate_config(raw: dict[str, Any], where: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden" and key in MOVED_KEYS:
+            new = MOVED_KEYS[key]
+            section, name = new.split(".")
+            raise BadInput(f"{where}: {key} moved to {new}; use --set {new}=... (in a preset: {name} under [{section}])") from None
         if err["type"] == "extra_forbidden":
             raise BadInput(f"{where}: unknown key {key!r}; check the spelling (see the preset files for valid keys)") from None
         raise BadInput(f"{where}: {key} = {err.get('input')!r} is invalid: {err['msg']}") from None
@@ -168,4 +236,5 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     from dsrsd_cli.io import read_json
 
     obj = read_json(Path(run_dir) / "config.json")
-    return validate_config(obj.get("config", obj), where=f"{run_dir}/config.json")
+    where = f"{run_dir}/config.json"
+    return validate_config(migrate_config(obj.get("config", obj), where), where=where)

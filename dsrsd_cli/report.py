@@ -1,6 +1,11 @@
 """Output helpers shared by the commands: rich tables on stderr, JSON on stdout, PNG plots.
 
 Plots are drawn with matplotlib's Agg backend (no display needed) and written atomically.
+Takes nothing from engine/: the commands hand it plain dicts.
+
+Over 500 lines on purpose: every command's tables, markdown and plots sit in one module, one
+section per command (train/evaluate, explain, mechanisms, compare, learning curves, tune), so
+numbers are formatted one way everywhere; each section is small and reads on its own.
 """
 
 from __future__ import annotations
@@ -12,10 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from rich.markup import escape
 from rich.table import Table
 
-from dsrsd_cli.engine.metrics import to_jsonable
-from dsrsd_cli.io import atomic_write_bytes
+from dsrsd_cli.io import atomic_write_bytes, to_jsonable
 
 # The metric columns shown in tables, in this order, where present.
 METRIC_COLUMNS = ("auc", "accuracy", "f1", "log_loss", "brier", "rmse", "ece", "n")
@@ -541,3 +546,40 @@ def plot_learning_curve(curve: Mapping[str, Any], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save_figure(fig, Path(path))
+
+
+# ---------------------------------------------------------------- tune (engine/tune.py)
+
+def _fmt_param(value: Any) -> str:
+    """A hyperparameter value: 3 significant digits for very small or large ones, else 4."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4) else f"{value:.4g}"
+    return str(value)
+
+
+def trials_table(summary: dict[str, Any]) -> Table:
+    best = summary["best"]["number"] if summary["best"] else None
+    table = Table(title=f"{escape(summary['out'])}: {summary['finished']} finished trials of {summary['model']} "
+                        f"({summary['complete']} complete, {summary['pruned']} pruned, {summary['failed']} failed)")
+    for name in ("trial", "state", "valid AUC", "epochs", "seconds", "params"):
+        table.add_column(name, justify="right" if name not in ("state", "params") else "left")
+    for t in summary["trials"]:
+        params = " ".join(f"{k.partition('.')[2]}={_fmt_param(v)}" for k, v in t.items()
+                          if k in summary["space"] and v is not None)
+        style = "bold green" if t["number"] == best else ("dim" if t["state"] == "FAIL" else None)
+        table.add_row(str(t["number"]), t["state"], "-" if t["value"] is None else f"{t['value']:.4f}",
+                      str(t["epochs"]), _fmt_param(t["seconds"]), params, style=style)
+    return table
+
+
+def best_table(summary: dict[str, Any]) -> Table:
+    best = summary["best"]
+    table = Table(title=f"best: trial {best['number']}, valid AUC {best['valid_auc']:.4f}")
+    table.add_column("key")
+    table.add_column("value", justify="right")
+    table.add_column("searched", justify="left")
+    for key, value in best["params"].items():
+        table.add_row(key, _fmt_param(value), summary["space"].get(key, ""))
+    return table

@@ -13,7 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from dsrsd_cli.data.ednet import _Reader, prepare_ednet, zip_members
+from dsrsd_cli.data.archive import MemberReader as _Reader, zip_members
+from dsrsd_cli.data.ednet import prepare_ednet
 from dsrsd_cli.errors import BadInput
 
 FIX = Path(__file__).parent / "fixtures" / "ednet"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -9,7 +10,8 @@ import pytest
 
 from dsrsd_cli.config import RunConfig, load_config, preset_names
 from dsrsd_cli.engine.runs import spec_to_dict
-from dsrsd_cli.engine.train import _check_resumable, config_from_cli, resume_config
+from dsrsd_cli.engine.checkpoint import check_resumable as _check_resumable
+from dsrsd_cli.engine.train import config_from_cli, resume_config
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.io import write_json
 from dsrsd_cli.types import DataSpec
@@ -87,9 +89,9 @@ def test_cli_config_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, a
 
 
 def test_console_script_exit_2(tmp_path):
-    res = run_cli("train", "--preset", "smoke", "--set", "loss.tau=0", cwd=tmp_path)
+    res = run_cli("train", "--preset", "smoke", "--set", "dsrsd.tau=0", cwd=tmp_path)
     assert res.returncode == 2
-    assert "loss.tau" in res.stderr and "Traceback" not in res.stderr
+    assert "dsrsd.tau" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "runs").exists()
 
 
@@ -123,3 +125,49 @@ def test_resume_config_starts_from_the_saved_config(tmp_path):
     assert resumed.data.path == str(tmp_path / "data")  # the absolute path recorded at training time
     with pytest.raises(BadInput, match="preset"):
         resume_config(run, preset="oulad")
+
+
+# A run folder's config.json written before the DSRSD-Net settings moved to [dsrsd]
+# (k_shared and private_dropout under model, tau, aux_rows and orth_private_pairs under loss).
+OLD_LAYOUT = {
+    "preset": "smoke",
+    "data": {"dataset": "ednet", "path": "data/ednet", "max_len": 32, "context": 8, "batch_size": 16, "target": "correct",
+             "cutoff_day": None, "max_weeks": 40, "num_workers": 0, "fold": None, "train_fraction": 1.0, "train_fraction_seed": 0},
+    "model": {"name": "dsrsd", "d_model": 16, "k_shared": 12, "n_heads": 2, "n_layers": 1, "dropout": 0.1,
+              "modality_dropout": 0.15, "private_dropout": 0.25},
+    "loss": {"lambda_align": 0.1, "mu_reg": 1.0, "lambda_dec": 0.04, "lambda_orth": 0.1, "tau": 0.2, "aux_rows": 64,
+             "orth_private_pairs": True},
+    "train": {"epochs": 2, "lr": 0.003, "weight_decay": 0.01, "warmup_frac": 0.05, "clip_grad": 1.0, "patience": 2, "seed": 0,
+              "device": "auto", "bf16": True, "max_steps_per_epoch": 5, "eval_batch_size": 256, "threads": 1},
+    "gbdt": {"learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 50, "feature_fraction": 0.8, "lambda_l2": 1.0,
+             "max_rounds": 2000, "early_stopping_rounds": 50},
+}
+
+
+def test_an_old_run_config_loads_through_the_migration(tmp_path):
+    from dsrsd_cli.config import load_run_config, migrate_config
+    from dsrsd_cli.engine.runs import read_run_info
+
+    run = tmp_path / "run"
+    spec = DataSpec(dataset="ednet", modalities=("item", "content", "behavior"), n_outputs=1, vocab={"item.question": 10})
+    write_json(run / "config.json", {
+        "config": OLD_LAYOUT, "spec": spec_to_dict(spec),
+        "data": {"path": str(tmp_path / "data"), "manifest_hash": "abc", "dataset": "ednet"},
+        "tool_version": "0", "created": "now",
+    })
+    for cfg in (read_run_info(run).cfg, load_run_config(run)):
+        assert cfg.dsrsd.model_dump() == {"k_shared": 12, "private_dropout": 0.25, "tau": 0.2, "aux_rows": 64, "orth_private_pairs": True}
+        assert cfg.loss.lambda_dec == 0.04 and cfg.model.d_model == 16
+    assert migrate_config(load_config("smoke").model_dump()) == load_config("smoke").model_dump()   # today's layout: unchanged
+    _check_resumable(run, read_run_info(run).cfg, "abc")     # an old run can be resumed with its own (migrated) settings
+
+
+@pytest.mark.parametrize("old, new, value", [
+    ("model.k_shared", "dsrsd.k_shared", 64), ("model.private_dropout", "dsrsd.private_dropout", 0.3),
+    ("loss.tau", "dsrsd.tau", 0.2), ("loss.aux_rows", "dsrsd.aux_rows", 256), ("loss.orth_private_pairs", "dsrsd.orth_private_pairs", True),
+])
+def test_a_moved_key_is_bad_input_naming_its_new_place(old, new, value):
+    with pytest.raises(BadInput, match=rf"{old} moved to {new}"):
+        load_config("smoke", [f"{old}={json.dumps(value)}"])
+    section, key = new.split(".")
+    assert getattr(getattr(load_config("smoke", [f"{new}={json.dumps(value)}"]), section), key) == value

@@ -16,8 +16,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from dsrsd_cli.engine.evaluate import add_noise, noise_kind
-from dsrsd_cli.engine.metrics import area_under_curve, compute_metrics, expected_calibration_error, to_jsonable
+from dsrsd_cli.engine.metrics import area_under_curve, compute_metrics, expected_calibration_error
 from dsrsd_cli.errors import BadInput
+from dsrsd_cli.io import to_jsonable
 from dsrsd_cli.types import Batch
 
 # ---------------------------------------------------------------- metrics

@@ -2,7 +2,7 @@
 
 The end-to-end test trains DSRSD-Net briefly on a built-in EdNet sample simulated so that
 ITEM carries most of the signal (strengths item=3, content=0.1, behavior=0.1; see
-dsrsd_cli/data/sample_ednet.py: logit_item = strength * k_item * (-delta_q), a
+dsrsd_cli/samples/ednet_model.py: logit_item = strength * k_item * (-delta_q), a
 question-level difficulty only the question ids reveal) and checks that explain puts item
 first. (A behaviour-dominant sample does not work as a check: the simulated focus is an
 AR(1) state, so past correctness, which every encoder sees, reveals most of it.)

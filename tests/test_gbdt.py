@@ -21,7 +21,6 @@ from dsrsd_cli.engine.explain import explain_run
 from dsrsd_cli.engine.predict import predict_run
 from dsrsd_cli.engine.runs import load_run
 from dsrsd_cli.engine.train import train_run
-from dsrsd_cli.errors import BadInput
 from dsrsd_cli.model.gbdt import hide_groups_at_random, mask_groups
 
 SETS = ["train.epochs=1", "train.max_steps_per_epoch=3", "train.threads=1", 'train.device="cpu"', "gbdt.max_rounds=60"]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from dsrsd_cli.config import DataConfig
-from dsrsd_cli.data.loader import learner_rank, make_dataset, open_prepared
+from dsrsd_cli.data.loader import make_dataset, open_prepared
+from dsrsd_cli.data.prepared import learner_rank
 from dsrsd_cli.engine.compare import learning_curve, parse_fractions
 from dsrsd_cli.errors import BadInput
 

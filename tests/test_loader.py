@@ -14,15 +14,9 @@ import torch
 
 from dsrsd_cli.config import DataConfig
 from dsrsd_cli.data import schema
-from dsrsd_cli.data.loader import (
-    ASSESSMENT_FEATURES,
-    collate,
-    ednet_windows,
-    make_dataset,
-    make_loader,
-    make_spec,
-    open_prepared,
-)
+from dsrsd_cli.data.ednet_windows import ednet_windows
+from dsrsd_cli.data.loader import collate, make_dataset, make_loader, make_spec, open_prepared
+from dsrsd_cli.data.oulad_cutoff import ASSESSMENT_FEATURES
 from dsrsd_cli.errors import BadInput
 from prepared_fakes import ednet_tables, oulad_tables, write_prepared, write_table
 

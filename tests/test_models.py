@@ -10,16 +10,18 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dsrsd_cli.config import LossConfig, ModelConfig
+from dsrsd_cli.config import DSRSDConfig, ModelConfig
 from dsrsd_cli.data.schema import BEHAVIOR_FEATURES
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.model import build_model, model_names
-from dsrsd_cli.model.encoders import View, bag_mean, build_core, dropout
+from dsrsd_cli.model.blocks import dropout
+from dsrsd_cli.model.encoders import View, bag_mean, build_core
 from dsrsd_cli.model.fusion import drop_modalities
 from dsrsd_cli.model.losses import AUX_LOSSES, task_loss
 from model_fakes import ednet_batch, ednet_spec, oulad_batch, oulad_spec
 
-SMALL = {"d_model": 16, "k_shared": 8, "n_heads": 2}
+SMALL = {"d_model": 16, "n_heads": 2}
+SMALL_DSRSD = {"k_shared": 8}
 SPECS = {"ednet": ednet_spec(), "oulad": oulad_spec(), "oulad-result4": oulad_spec(n_outputs=4)}
 BATCHES = {"ednet": ednet_batch, "oulad": oulad_batch, "oulad-result4": oulad_batch}
 CASES = [(data, name) for data, spec in SPECS.items() for name in model_names(spec, kind="neural")]
@@ -62,9 +64,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def build(spec, name: str, *, loss: LossConfig | None = None, **model):
+def build(spec, name: str, *, dsrsd: dict | None = None, **model):
     torch.manual_seed(0)
-    return build_model(spec, ModelConfig(name=name, **{**SMALL, **model}), loss or LossConfig())
+    return build_model(spec, ModelConfig(name=name, **{**SMALL, **model}), DSRSDConfig(**{**SMALL_DSRSD, **(dsrsd or {})}))
 
 
 def fake(data: str, **kwargs):
@@ -88,6 +90,17 @@ def test_model_names():
 def test_unknown_model_is_bad_input_listing_valid_names(name):
     with pytest.raises(BadInput, match="choose one of dsrsd, dsrsd:no-align, .*, early, late, concat, coattn, single:item.*, gbdt"):
         build(SPECS["ednet"], name)
+
+
+def test_check_model_is_the_one_answer_to_is_this_a_model():
+    from dsrsd_cli.model.registry import check_model
+
+    check_model(SPECS["ednet"], "dsrsd:no-orth")
+    check_model(SPECS["ednet"], ["early", "gbdt"], where="--models")
+    with pytest.raises(BadInput, match=r"^--models: 'nope', 'single:clicks' not registered for ednet; choose one of dsrsd, "):
+        check_model(SPECS["ednet"], ["dsrsd", "nope", "single:clicks"], where="--models")
+    with pytest.raises(BadInput, match=r"^model\.name 'nope' is not a registered model for oulad"):
+        check_model(SPECS["oulad"], "nope")
 
 
 def test_bad_sizes_are_bad_input():
@@ -154,7 +167,7 @@ def test_dsrsd_gate_weights_of_absent_units_are_exactly_zero(data):
 @pytest.mark.parametrize("data", ["ednet", "oulad"])
 def test_dsrsd_private_dropout_closes_private_streams_in_training_only(data):
     spec, batch = fake(data)
-    model = build(spec, "dsrsd", private_dropout=0.5, modality_dropout=0.0)
+    model = build(spec, "dsrsd", dsrsd={"private_dropout": 0.5}, modality_dropout=0.0)
     present = torch.stack([batch.present[m][batch.valid] for m in spec.modalities], dim=1)   # (N, M)
     gates = model.train()(batch).aux["gates"]                                                # (N, 1 + M)
     closed = (gates[:, 1:] == 0) & present
@@ -266,14 +279,14 @@ def _seeded(model, batch, **kwargs):
 def test_dsrsd_aux_losses_ignore_padded_and_absent_rows():
     spec = SPECS["ednet"]
     batch = ednet_batch(spec, batch_size=4, seed=3)
-    model = build(spec, "dsrsd", loss=LossConfig(aux_rows=24), dropout=0.0, modality_dropout=0.0).eval()
+    model = build(spec, "dsrsd", dsrsd={"aux_rows": 24}, dropout=0.0, modality_dropout=0.0).eval()
     out = model(batch)
     assert out.aux["losses"] == {}                                               # evaluation: nothing reads them
     rows = out.aux["aux_rows"]
     assert rows.numel() == 24 and bool(batch.valid.reshape(-1)[rows].all())
     for m in spec.modalities:
         assert torch.equal(out.aux["aux_present"][m], batch.present[m].reshape(-1)[rows])
-        assert out.aux["shared"][m].shape == (24, SMALL["k_shared"]) == out.aux["private"][m].shape
+        assert out.aux["shared"][m].shape == (24, SMALL_DSRSD["k_shared"]) == out.aux["private"][m].shape
 
     # training (no dropout, same sampled rows): garbage on padding gives identical losses
     model.train()
@@ -339,7 +352,7 @@ def test_ablation_variants_remove_their_stream(data):
     n_open = (mean > 0).sum(-1, keepdim=True)
     assert bool((n_open >= 2).all()) and torch.allclose(mean, (mean > 0) / n_open)
     # private dropout cannot leave a no-shared unit without a stream
-    model = build(spec, "dsrsd:no-shared", private_dropout=0.9).train()
+    model = build(spec, "dsrsd:no-shared", dsrsd={"private_dropout": 0.9}).train()
     assert model.fusion.private_dropout == 0.0 and finite(model(batch).logits)
 
 

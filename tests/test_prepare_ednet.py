@@ -20,7 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from dsrsd_cli.data.ednet import SOURCE_NAMES, parse_contents, parse_kt1, parse_kt4, prepare_ednet
+from dsrsd_cli.data.ednet_batch import parse_kt1, parse_kt4
+from dsrsd_cli.data.ednet_contents import parse_contents
+from dsrsd_cli.data.ednet_format import SOURCE_NAMES
+from dsrsd_cli.engine.prepare import prepare_ednet
 from dsrsd_cli.data.schema import EDNET_INTERACTIONS, EDNET_LECTURES, EDNET_QUESTIONS, EDNET_SPLITS
 from dsrsd_cli.errors import BadInput
 

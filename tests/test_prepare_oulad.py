@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from dsrsd_cli.data import oulad
-from dsrsd_cli.data.oulad import prepare_oulad
+from dsrsd_cli.data import oulad, oulad_csv
+from dsrsd_cli.engine.prepare import prepare_oulad
 from dsrsd_cli.data.schema import PREPARED_FILES
 from dsrsd_cli.errors import BadInput
 
@@ -347,7 +347,7 @@ def test_a_bad_date_row_keeps_the_registration_without_dates(mini, mini_prepared
 
 
 def test_small_blocks_give_the_same_output_and_line_numbers(mini, mini_prepared, tmp_path, monkeypatch):
-    monkeypatch.setattr(oulad, "BLOCK_BYTES", 4096)         # ~130 lines a block: lines cross block borders
+    monkeypatch.setattr(oulad_csv, "BLOCK_BYTES", 4096)         # ~130 lines a block: lines cross block borders
     prepare_oulad(mini, tmp_path / "out")
     assert_same_outputs(mini_prepared[0], tmp_path / "out")
     raw = copy_raw(mini, tmp_path)

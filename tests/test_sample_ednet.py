@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dsrsd_cli.data.sample_ednet import write_ednet_sample
+from dsrsd_cli.samples.ednet import write_ednet_sample
 from dsrsd_cli.errors import BadInput
 
 N = 30   # learners per sample: small and fast, still ~5,000 answers
@@ -225,7 +225,7 @@ def test_refuses_a_folder_with_other_files(tmp_path):
 def test_every_simulator_parameter_is_documented():
     from dataclasses import fields
 
-    import dsrsd_cli.data.sample_ednet as module
+    import dsrsd_cli.samples.ednet_model as module
 
     missing = [f.name for f in fields(module.SimParams) if f"`{f.name}`" not in module.__doc__]
     assert not missing, f"explain these in the module docstring: {missing}"
@@ -234,7 +234,7 @@ def test_every_simulator_parameter_is_documented():
 def test_summary_auc_matches_sklearn(sample):
     from sklearn.metrics import roc_auc_score
 
-    from dsrsd_cli.data.sample_ednet import _auc
+    from dsrsd_cli.samples.ednet import _auc
 
     truth = pd.read_parquet(sample[0] / "ground_truth.parquet")
     assert sample[1]["summary"]["bayes_auc"] == round(roc_auc_score(truth.correct, truth.p_correct), 4)

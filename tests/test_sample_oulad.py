@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from dsrsd_cli.data.sample import write_sample
-from dsrsd_cli.data.sample_oulad import BURSTY_TYPES, QUOTED_FILES, oracle_at_risk, simulate_oulad, write_oulad_sample
+from dsrsd_cli.samples import write_sample
+from dsrsd_cli.samples.oulad import BURSTY_TYPES, QUOTED_FILES, oracle_at_risk, simulate_oulad, write_oulad_sample
 from dsrsd_cli.errors import BadInput
 
 CSV_FILES = ("courses.csv", "assessments.csv", "vle.csv", "studentInfo.csv", "studentRegistration.csv",

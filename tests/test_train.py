@@ -23,9 +23,9 @@ from torch import nn
 
 from dsrsd_cli.config import load_config
 from dsrsd_cli.engine.runs import load_state, save_state
-from dsrsd_cli.engine.train import (
-    LoopState, TrainingInterrupted, _state_dict, make_optimizer, rng_state, set_rng_state, train_run, warmup_cosine,
-)
+from dsrsd_cli.engine.checkpoint import LoopState, rng_state, set_rng_state
+from dsrsd_cli.engine.checkpoint import state_dict as _state_dict
+from dsrsd_cli.engine.train import TrainingInterrupted, make_optimizer, train_run, warmup_cosine
 from dsrsd_cli.errors import WorkFailed
 
 # ---------------------------------------------------------------- pieces
@@ -90,7 +90,7 @@ def test_next_run_dir_takes_the_next_free_number(tmp_path):
 
 
 def test_out_folder_that_is_not_empty_is_refused(tmp_path):
-    from dsrsd_cli.engine.train import _claim_run_dir
+    from dsrsd_cli.engine.runs import claim_run_dir as _claim_run_dir
     from dsrsd_cli.errors import BadInput
 
     (tmp_path / "busy").mkdir()

@@ -25,10 +25,10 @@ from rich.console import Console
 
 from dsrsd_cli.config import RunConfig, load_config
 from dsrsd_cli.engine import tune as tune_mod
-from dsrsd_cli.engine.tune import (
-    SEARCH_SPACE, Dim, dumps_toml, family_of, make_on_epoch, make_pruner, search_space, tune,
-)
+from dsrsd_cli.engine.tune import make_on_epoch, make_pruner, tune
+from dsrsd_cli.engine.tune_space import SEARCH_SPACE, Dim, family_of, search_space
 from dsrsd_cli.errors import BadInput
+from dsrsd_cli.io import dumps_toml
 
 PRESET = "smoke_oulad"
 SETS = ["train.epochs=3", "train.max_steps_per_epoch=4", "train.threads=1", 'train.device="cpu"']
@@ -88,7 +88,7 @@ def test_search_space_families_and_docs():
     assert family_of("late") == family_of("single:clicks") == family_of("coattn") == "neural"
     assert set(SEARCH_SPACE["neural"]) < set(SEARCH_SPACE["dsrsd"])
     assert set(SEARCH_SPACE["dsrsd"]) - set(SEARCH_SPACE["neural"]) == {
-        "loss.lambda_align", "loss.lambda_dec", "loss.lambda_orth", "loss.tau", "model.k_shared", "model.private_dropout"}
+        "loss.lambda_align", "loss.lambda_dec", "loss.lambda_orth", "dsrsd.tau", "dsrsd.k_shared", "dsrsd.private_dropout"}
     assert SEARCH_SPACE["neural"]["train.lr"] == Dim("float", 3e-4, 5e-3, log=True)
     assert SEARCH_SPACE["gbdt"]["gbdt.num_leaves"] == Dim("int", 8, 256, log=True)
     docs = DOCS.read_text(encoding="utf-8")
@@ -181,7 +181,7 @@ def test_three_trials_write_a_best_toml_in_the_space_equal_to_the_best_trial(oul
 
     table = pd.read_csv(out / "trials.csv")
     assert list(table["number"]) == [0, 1, 2] and set(table["state"]) == {"COMPLETE"}
-    assert {"value", "seconds", "epochs", "train.lr", "loss.tau"} <= set(table.columns)
+    assert {"value", "seconds", "epochs", "train.lr", "dsrsd.tau"} <= set(table.columns)
     assert table.loc[table["number"] == best.number, "train.lr"].item() == pytest.approx(best.params["train.lr"], rel=1e-12)
     assert (table["seconds"] > 0).all() and (table["epochs"] >= 1).all()
 

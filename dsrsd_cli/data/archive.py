@@ -4,13 +4,25 @@ EdNet ships ~784K per-user CSVs inside archives; extracting them would cost more
 and time than parsing them, so members are read straight from the archive. Member
 names that could escape a folder (absolute paths, `..`, links, devices) are refused:
 they are listed in `RawSource.refused` and never read.
+
+    RawSource      one listing of the source; members read whole, in bulk or streamed;
+                   the source's fingerprint for the manifest
+    MemberReader   random access by name in a worker process: a folder's file, or a zip
+                   member at its offset (no zipfile object per member, no mapping)
+    zip_members    a zip's central directory: name -> (offset, compressed size, method, crc)
+
+A zip is listed by reading its central directory directly: zipfile builds a ZipInfo per
+member, slow and heavy for EdNet's 784K members, and the parser needs only where each
+member's bytes are.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -23,11 +35,17 @@ from dsrsd_cli.io import sha256_file
 
 _BROKEN = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError)
 
+ZipEntry = tuple[int, int, int, int]  # local header offset, compressed size, method (-1: encrypted), crc
+
 
 def _safe_name(name: str) -> bool:
     # plain string checks: this runs for each of EdNet's ~784K members
     n = name.replace("\\", "/")
     return bool(n) and not n.startswith("/") and ".." not in n.split("/") and not (len(n) > 1 and n[1] == ":")
+
+
+def _unreadable(path: Path, e: BaseException) -> BadInput:
+    return BadInput(f"{path}: archive is unreadable or truncated ({e}); re-download or re-create it")
 
 
 @dataclass
@@ -36,6 +54,7 @@ class RawSource:
     kind: str                                   # "dir" | "zip" | "tar"
     names: list[str] = field(default_factory=list)     # safe member files, posix relative paths
     refused: list[str] = field(default_factory=list)   # members refused as unsafe
+    entries: dict[str, ZipEntry] = field(default_factory=dict)  # zip: where each member's bytes are
 
     # ------------------------------------------------------------------ open
     @classmethod
@@ -48,11 +67,10 @@ class RawSource:
             return cls(path=path, kind="dir", names=names)
         try:
             if zipfile.is_zipfile(path):
-                with zipfile.ZipFile(path) as zf:
-                    infos = [i for i in zf.infolist() if not i.is_dir()]
-                names = [i.filename for i in infos if _safe_name(i.filename)]
-                refused = [i.filename for i in infos if not _safe_name(i.filename)]
-                return cls(path=path, kind="zip", names=sorted(names), refused=refused)
+                listing = [(name, entry) for name, entry in _zip_listing(path) if not name.endswith("/")]
+                names = [name for name, _ in listing if _safe_name(name)]
+                refused = [name for name, _ in listing if not _safe_name(name)]
+                return cls(path=path, kind="zip", names=sorted(names), refused=refused, entries=dict(listing))
             if tarfile.is_tarfile(path):
                 names, refused = [], []
                 with tarfile.open(path, "r:*") as tf:
@@ -62,7 +80,7 @@ class RawSource:
                         (names if m.isfile() and _safe_name(m.name) else refused).append(m.name)
                 return cls(path=path, kind="tar", names=sorted(names), refused=refused)
         except _BROKEN as e:
-            raise BadInput(f"{path}: archive is unreadable or truncated ({e}); re-download or re-create it") from None
+            raise _unreadable(path, e) from None
         if path.suffix.lower() == ".zip" or path.name.lower().endswith((".tar.gz", ".tgz", ".tar")):
             raise BadInput(f"{path}: unreadable or truncated archive; re-download or re-create it")
         raise BadInput(f"{path}: not a folder, .zip or .tar(.gz) archive; pass the raw data folder or archive with --raw")
@@ -73,13 +91,13 @@ class RawSource:
         zips, in archive order for tars (a compressed tar can only be read front to back)."""
         wanted = list(wanted)
         try:
-            if self.kind == "dir":
-                for name in wanted:
-                    yield name, (self.path / name).read_bytes()
-            elif self.kind == "zip":
-                with zipfile.ZipFile(self.path) as zf:
+            if self.kind != "tar":
+                reader = MemberReader(self.kind, str(self.path))
+                try:
                     for name in wanted:
-                        yield name, zf.read(name)
+                        yield name, reader.read(name, self.entries.get(name))
+                finally:
+                    reader.close()
             else:
                 todo = set(wanted)
                 with tarfile.open(self.path, "r:*") as tf:
@@ -88,7 +106,7 @@ class RawSource:
                             f = tf.extractfile(m)
                             yield m.name, f.read() if f else b""
         except _BROKEN as e:
-            raise BadInput(f"{self.path}: archive is unreadable or truncated ({e}); re-download or re-create it") from None
+            raise _unreadable(self.path, e) from None
 
     @contextlib.contextmanager
     def open_member(self, name: str) -> Iterator[tuple[BinaryIO, int]]:
@@ -112,12 +130,24 @@ class RawSource:
         except KeyError:
             raise BadInput(f"{self.path}: member {name} not found") from None
         except _BROKEN as e:
-            raise BadInput(f"{self.path}: archive is unreadable or truncated ({e}); re-download or re-create it") from None
+            raise _unreadable(self.path, e) from None
 
     def read_bytes(self, name: str) -> bytes:
         for _, data in self.iter_bytes([name]):
             return data
         raise BadInput(f"{self.path}: member {name} not found")
+
+    def random_access(self, names: list[str], spool: Path) -> tuple[str, str]:
+        """(kind, root) of a MemberReader that reads `names` by name, in any order, from any
+        process: the source itself (folder, zip), or for a tar the members copied once into
+        `spool` (a compressed tar reads front to back only)."""
+        if self.kind != "tar":
+            return self.kind, str(self.path)
+        for name, data in self.iter_bytes(names):
+            target = spool / name  # only safe relative names are listed
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        return "dir", str(spool)
 
     def find(self, basename: str) -> str | None:
         """The shallowest member called `basename` (e.g. questions.csv), if any."""
@@ -135,3 +165,106 @@ class RawSource:
             return [{"path": name, "size": size, "sha256": sha256_file(self.path / name)} for name, size in sizes]
         listing = hashlib.sha256("\n".join(f"{n}\t{s}" for n, s in sizes).encode()).hexdigest()
         return [{"path": str(self.path), "files": len(sizes), "size": sum(s for _, s in sizes), "listing_sha256": listing}]
+
+
+# ---------------------------------------------------------------- members by offset
+class MemberReader:
+    """Reads member bytes: a file of a folder, or a zip member at its coordinates (pread:
+    no mapping of the archive, whose pages would otherwise count in every worker's RSS)."""
+
+    def __init__(self, kind: str, root: str):
+        self.kind, self.root = kind, root
+        self._fd: int | None = None
+        self._zip: zipfile.ZipFile | None = None
+
+    def read(self, name: str, where: ZipEntry | None) -> bytes:
+        if self.kind == "dir":
+            return Path(self.root, name).read_bytes()
+        if where is None or where[2] not in (0, 8, -1):  # odd name encoding, bzip2, lzma...: zipfile
+            self._zip = self._zip or zipfile.ZipFile(self.root)
+            return self._zip.read(name)
+        offset, csize, method, crc = where
+        if method == -1:
+            raise BadInput(f"{self.root}: member {name} is encrypted; re-create the archive without a password")
+        if self._fd is None:
+            self._fd = os.open(self.root, os.O_RDONLY)
+        head = os.pread(self._fd, 30, offset)
+        if len(head) < 30 or head[:4] != b"PK\x03\x04":
+            raise BadInput(f"{self.root}: member {name} is truncated or corrupt; re-download the archive")
+        nlen, elen = struct.unpack_from("<HH", head, 26)
+        raw = os.pread(self._fd, csize, offset + 30 + nlen + elen)
+        try:
+            data = zlib.decompress(raw, -15) if method == 8 else raw
+        except zlib.error as e:
+            raise BadInput(f"{self.root}: member {name} is unreadable or truncated ({e}); re-download the archive") from None
+        if len(raw) != csize or zlib.crc32(data) != crc:
+            raise BadInput(f"{self.root}: member {name} is truncated or corrupt (CRC mismatch); re-download the archive")
+        return data
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+
+
+# ---------------------------------------------------------------- the zip central directory
+# central directory entry (46 bytes): signature, flags, method, crc, sizes, name/extra/comment
+# lengths, local header offset (the other fields are skipped)
+_ZIP_ENTRY = struct.Struct("<4s4xHH4xIII3H8xI")
+
+
+def zip_members(path: Path) -> dict[str, ZipEntry]:
+    """name -> (local header offset, compressed size, method, crc) from a zip's central
+    directory (for a name listed twice, the last entry)."""
+    return dict(_zip_listing(path))
+
+
+def _zip_listing(path: Path) -> list[tuple[str, ZipEntry]]:
+    try:
+        return _read_central_directory(path)
+    except (struct.error, ValueError, IndexError) as e:
+        raise BadInput(f"{path}: corrupt zip central directory ({e}); re-download or re-create it") from None
+
+
+def _read_central_directory(path: Path) -> list[tuple[str, ZipEntry]]:
+    """Every entry in directory order, names as zipfile gives them (UTF-8 if flagged, else
+    cp437; cut at a NUL byte)."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        end = mm.rfind(b"PK\x05\x06", max(0, len(mm) - 65_557))
+        if end < 0:
+            raise BadInput(f"{path}: zip end record not found (truncated archive?); re-download or re-create it")
+        count, cd_size, cd_offset = struct.unpack_from("<2xH2I", mm, end + 8)
+        if end >= 20 and mm[end - 20 : end - 16] == b"PK\x06\x07":  # ZIP64 end record locator
+            (z64,) = struct.unpack_from("<8xQ", mm, end - 20)
+            count, cd_size, cd_offset = struct.unpack_from("<32xQQQ", mm, z64)
+        cd = mm[cd_offset : cd_offset + cd_size]
+    members: list[tuple[str, ZipEntry]] = []
+    pos = 0
+    for _ in range(count):
+        sig, flags, method, crc, csize, usize, nlen, elen, clen, offset = _ZIP_ENTRY.unpack_from(cd, pos)
+        if sig != b"PK\x01\x02":
+            raise BadInput(f"{path}: corrupt zip central directory; re-download or re-create it")
+        raw = cd[pos + 46 : pos + 46 + nlen]
+        name = raw.decode("utf-8" if flags & 0x800 else "cp437")
+        if "\x00" in name:
+            name = name[: name.index("\x00")]
+        if 0xFFFFFFFF in (csize, offset):  # ZIP64 sizes/offset live in extra field 0x0001
+            extra, big = cd[pos + 46 + nlen : pos + 46 + nlen + elen], []
+            at = 0
+            while at + 4 <= len(extra):
+                tag, size = struct.unpack_from("<HH", extra, at)
+                if tag == 1:
+                    big = list(struct.unpack_from(f"<{size // 8}Q", extra, at + 4))
+                at += 4 + size
+            if usize == 0xFFFFFFFF:
+                big.pop(0)
+            if csize == 0xFFFFFFFF:
+                csize = big.pop(0)
+            if offset == 0xFFFFFFFF:
+                offset = big.pop(0)
+        members.append((name, (offset, csize, method if not flags & 1 else -1, crc)))
+        pos += 46 + nlen + elen + clen
+    return members

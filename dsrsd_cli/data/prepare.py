@@ -1,18 +1,20 @@
-"""`dsrsd prepare`: pick the dataset's parser, generating the built-in sample when no raw data is given."""
+"""`dsrsd prepare`: pick the dataset's parser, generating the built-in sample when no raw data is given.
+
+Prints nothing: the caller gets the manifest (what was read, dropped and written) and may
+follow the parsing through `progress(done, total)`. The command line's progress bar and
+tables are in engine/prepare.py.
+"""
 
 from __future__ import annotations
 
-import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable
 
-from rich.console import Console
-from rich.table import Table
-
-from dsrsd_cli.data.sample import write_sample
 from dsrsd_cli.errors import BadInput
+from dsrsd_cli.samples import write_sample
+
+ProgressCallback = Callable[[int, int], None]  # (done, total): EdNet learners parsed, OULAD studentVle bytes read
 
 
 def _ednet(raw: Path, out: Path, **kw) -> dict:
@@ -47,6 +49,11 @@ def parse_strengths(items: list[str]) -> dict[str, float]:
     return out
 
 
+def output_dir(dataset: str, out: Path | None) -> Path:
+    """The prepared folder: `out`, or data/<dataset> by default."""
+    return Path(out) if out is not None else Path("data") / dataset
+
+
 def sample_raw_dir(out: Path) -> Path:
     """Where the built-in sample's raw files go: beside the prepared folder."""
     return out.parent / f"{out.name}_raw_sample"
@@ -65,14 +72,18 @@ def prepare_dataset(
     sample_size: int | None = None,
     split_by: str = "learner",
     strengths: dict[str, float] | list[str] | None = None,
-    json_out: bool = False,
-    console: Console | None = None,
+    progress: ProgressCallback | None = None,
+    on_sample: Callable[[Path], None] | None = None,
 ) -> dict:
+    """Prepare `dataset` from `raw` (or from the built-in sample written beside `out` when
+    `raw` is None) into `out`; returns the manifest. `on_sample(folder)` is called just
+    before the sample is written there; `progress(done, total)` while the raw files are
+    parsed (done == total: that stage is over)."""
     if dataset not in PREPARERS:
         raise BadInput(f"--dataset {dataset!r} is unknown; choose one of: {', '.join(PREPARERS)}")
     if split_by not in ("learner", "presentation") or (split_by == "presentation" and dataset != "oulad"):
         raise BadInput(f"--split-by {split_by!r} is not valid for {dataset}; use learner (or presentation for oulad)")
-    out = Path(out) if out is not None else Path("data") / dataset
+    out = output_dir(dataset, out)
     if out.exists() and not force:
         raise BadInput(f"{out}: output folder already exists; pass --force to replace it or choose another --out")
 
@@ -81,11 +92,8 @@ def prepare_dataset(
     extra: dict = {}
     if raw is None:
         raw = sample_raw_dir(out)
-        if console:
-            console.print(
-                f"[bold]No --raw given:[/bold] generating the built-in {dataset} sample (a documented simulator, "
-                f"not real learners) in {raw}"
-            )
+        if on_sample:
+            on_sample(raw)
         if raw.exists():
             shutil.rmtree(raw)
         params = write_sample(dataset, raw, size=sample_size, seed=seed, strengths=strengths)
@@ -93,29 +101,7 @@ def prepare_dataset(
     elif sample_size is not None or strengths:
         raise BadInput("--sample-size and --sample-strength only apply to the built-in sample; drop them or drop --raw")
 
-    manifest = PREPARERS[dataset](
+    return PREPARERS[dataset](
         Path(raw), out, max_users=max_users, seed=seed, workers=workers, force=force, strict=strict,
-        split_by=split_by, console=console, extra_manifest=extra,
+        split_by=split_by, progress=progress, extra_manifest=extra,
     )
-    if json_out:
-        sys.stdout.write(json.dumps(manifest, indent=2, default=str) + "\n")
-    elif console:
-        _print_summary(manifest, out, console)
-    return manifest
-
-
-def _print_summary(manifest: dict, out: Path, console: Console) -> None:
-    table = Table(title=f"dsrsd prepare: {manifest.get('dataset')} -> {out}", show_header=True)
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    for key in ("rows_in", "rows_out"):
-        value = manifest.get(key)
-        if isinstance(value, dict):
-            for name, n in value.items():
-                table.add_row(f"{key}: {name}", f"{n:,}")
-        elif value is not None:
-            table.add_row(key, f"{value:,}")
-    # rows dropped per reason are tabled by the dataset's own parser, as it goes
-    for split, n in (manifest.get("splits", {}).get("sizes") or {}).items():
-        table.add_row(f"split: {split}", f"{n:,}")
-    console.print(table)

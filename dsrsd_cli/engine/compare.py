@@ -36,15 +36,15 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from dsrsd_cli.config import RunConfig, load_config
+from dsrsd_cli.config import RunConfig, load_config, result_settings
 from dsrsd_cli.engine import stats
-from dsrsd_cli.engine.metrics import compute_metrics, to_jsonable
+from dsrsd_cli.engine.metrics import compute_metrics
 from dsrsd_cli.engine.runs import (
     METRICS_FILE, PREDICTIONS_FILE, STATE_FILE, RunInfo, class_names, frame_probs, load_run, predict_batches,
     read_run_info, torch_threads,
 )
 from dsrsd_cli.errors import BadInput
-from dsrsd_cli.io import atomic_write_text, write_json
+from dsrsd_cli.io import atomic_write_text, to_jsonable, write_json
 from dsrsd_cli.report import (
     comparison_markdown, comparison_robustness_table, comparison_table, learning_curve_markdown, learning_curve_table,
     plot_comparison, plot_learning_curve, print_json,
@@ -58,8 +58,6 @@ KEY_COLUMNS = {"ednet": ["user", "position"], "oulad": ["code_module", "code_pre
 LEARNER_COLUMN = {"ednet": "user", "oulad": "id_student"}
 N_BOOT = 1000
 BOOT_SEED = 0
-# Config keys that never change a run's result (as train.RESUME_FREE_KEYS).
-RESULT_FREE_KEYS = frozenset({"preset", "data.path", "data.num_workers", "train.device", "train.threads", "train.eval_batch_size"})
 TESTS = {
     "auc": "clustered DeLong z-test (Obuchowski 1997; learners as clusters); multi-class targets: paired learner bootstrap",
     "accuracy, log_loss, brier": f"paired bootstrap over learners ({N_BOOT} resamples), two-sided percentile p-value",
@@ -144,7 +142,7 @@ def parse_fractions(text: str) -> list[float]:
 
 def training_learners(cfg: RunConfig) -> int:
     """How many learners the train split of `cfg` holds (after data.train_fraction)."""
-    from dsrsd_cli.data.loader import open_prepared, split_mask
+    from dsrsd_cli.data.prepared import open_prepared, split_mask
 
     prepared = open_prepared(cfg.data.path)
     learner = LEARNER_COLUMN[prepared.dataset]
@@ -213,17 +211,14 @@ def run_folder_name(model: str, seed: int) -> str:
 def plan_configs(preset: str, *, models, seeds: int, overrides: Sequence[str] = (), data: Path | None = None) -> list[RunConfig]:
     """One config per model x seed: the same preset, overrides, data and budget; only model.name and train.seed vary."""
     from dsrsd_cli.data.loader import make_spec, open_prepared
-    from dsrsd_cli.model.registry import model_names
+    from dsrsd_cli.model.registry import check_model
 
     if seeds < 1:
         raise BadInput(f"--seeds {seeds}: must be at least 1")
     names = parse_models(models)
     common = list(overrides) + ([f"data.path={json.dumps(str(data))}"] if data is not None else [])
     base = load_config(preset, common)
-    valid = model_names(make_spec(open_prepared(base.data.path), base.data))
-    unknown = [n for n in names if n not in valid]
-    if unknown:
-        raise BadInput(f"--models: {', '.join(unknown)} not registered for {base.data.dataset}; choose from {', '.join(valid)}")
+    check_model(make_spec(open_prepared(base.data.path), base.data), names, where="--models")
     return [
         load_config(preset, [*common, f"model.name={json.dumps(name)}", f"train.seed={base.train.seed + k}"])
         for name in names for k in range(seeds)
@@ -264,16 +259,9 @@ def ensure_run(cfg: RunConfig, run_dir: Path, *, console: Console, quiet: bool =
     return train_run(cfg, out=run_dir, console=console, quiet=quiet)
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for k, v in d.items():
-        flat.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return flat
-
-
 def _settings(cfg: RunConfig, *, with_seed: bool = True) -> dict[str, Any]:
     """The config keys that can change a run's result (without train.seed: what one model's seeds share)."""
-    return {k: v for k, v in _flat(cfg.model_dump()).items() if k not in RESULT_FREE_KEYS and (with_seed or k != "train.seed")}
+    return {k: v for k, v in result_settings(cfg).items() if with_seed or k != "train.seed"}
 
 
 def _check_same_settings(run_dir: Path, cfg: RunConfig) -> None:

@@ -25,10 +25,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dsrsd_cli.config import DataConfig
 from dsrsd_cli.data.loader import make_loader, make_spec
-from dsrsd_cli.engine.metrics import area_under_curve, compute_metrics, to_jsonable
+from dsrsd_cli.engine.metrics import area_under_curve, compute_metrics
 from dsrsd_cli.engine.runs import LoadedRun, check_compatible, class_names, frame_probs, load_run, predict_batches, torch_threads
 from dsrsd_cli.errors import BadInput
-from dsrsd_cli.io import atomic_write_bytes, write_json
+from dsrsd_cli.io import atomic_write_bytes, to_jsonable, write_json
 from dsrsd_cli.report import metrics_table, plot_robustness, print_json, robustness_table
 from dsrsd_cli.types import Batch
 

@@ -54,11 +54,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sklearn.metrics import roc_auc_score
 
 from dsrsd_cli.data import schema
-from dsrsd_cli.engine.metrics import compute_metrics, to_jsonable
+from dsrsd_cli.engine.metrics import compute_metrics
 from dsrsd_cli.engine.runs import WEIGHTS_FILE, LoadedRun, load_run, probabilities, torch_threads
 from dsrsd_cli.engine.stats import nearly_constant
 from dsrsd_cli.errors import BadInput, WorkFailed
-from dsrsd_cli.io import atomic_write_bytes, sha256_file, write_json
+from dsrsd_cli.io import atomic_write_bytes, sha256_file, to_jsonable, write_json
 from dsrsd_cli.model.diagnostics import MechanismProbe, meaning
 from dsrsd_cli.report import (
     explain_groups_table, explain_table, mechanisms_table, plot_explain, plot_explain_groups, plot_mechanisms, print_json,
@@ -167,12 +167,9 @@ def _subset_absent(s: int, modalities: tuple[str, ...]) -> list[str]:
 
 
 def _ablations(run: LoadedRun) -> list[str]:
-    """The streams `forward(ablate=...)` can remove: DSRSD-Net's shared/private streams."""
-    from dsrsd_cli.model.fusion import STREAMS, DSRSDFusion
-
-    if isinstance(getattr(run.model, "fusion", None), DSRSDFusion):
-        return [f"{m}.{stream}" for m in run.spec.modalities for stream in STREAMS]
-    return []
+    """The streams `forward(ablate=...)` can remove, as the model declares them (DSRSD-Net:
+    each modality's shared and private stream; the baselines: none)."""
+    return list(getattr(run.model, "ablatable_streams", lambda: [])())
 
 
 def _scored_keys(batch: Batch, mask: torch.Tensor) -> dict[str, np.ndarray]:
@@ -198,7 +195,7 @@ def compute_passes(run: LoadedRun, loader, console: Console | None = None) -> Pa
     streams: list[list[np.ndarray]] = [[] for _ in ablations]
     labels, gates, rows = [], [], []
     gate_names: list[str] = []
-    probe = MechanismProbe(tau=run.cfg.loss.tau)
+    probe = MechanismProbe(tau=run.cfg.dsrsd.tau)
     model.eval()
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

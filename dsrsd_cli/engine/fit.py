@@ -23,19 +23,21 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 from rich.console import Console
 
 from dsrsd_cli.config import RunConfig
 from dsrsd_cli.data.loader import make_spec, open_prepared
-from dsrsd_cli.engine.runs import LOG_FILE, METRICS_FILE, WEIGHTS_FILE, read_run_info, save_weights
-from dsrsd_cli.engine.train import LoopState, RunLog, _claim_run_dir, _final_evaluation, _write_history, write_run_config
+from dsrsd_cli.engine.checkpoint import LoopState
+from dsrsd_cli.engine.runs import (
+    LOG_FILE, METRICS_FILE, WEIGHTS_FILE, RunLog, claim_run_dir, read_run_info, save_weights, write_history, write_run_config,
+)
+from dsrsd_cli.engine.train import final_evaluation
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.io import read_json
 from dsrsd_cli.model.gbdt import GBDTModel, hide_groups_at_random
-from dsrsd_cli.model.registry import build_model, model_names
+from dsrsd_cli.model.registry import build_model, check_model
 
 
 def lightgbm_params(cfg: RunConfig, n_outputs: int) -> dict:
@@ -61,8 +63,7 @@ def fit_run(cfg: RunConfig, *, out: Path | None, resume: Path | None, console: C
 
     prepared = open_prepared(cfg.data.path)
     spec = make_spec(prepared, cfg.data)
-    if cfg.model.name not in model_names(spec):
-        raise BadInput(f"model.name {cfg.model.name!r} is not a registered model for {spec.dataset}; choose one of: {', '.join(model_names(spec))}")
+    check_model(spec, cfg.model.name)
     if resume is not None:
         run_dir = Path(resume)
         saved = read_run_info(run_dir).cfg
@@ -70,9 +71,9 @@ def fit_run(cfg: RunConfig, *, out: Path | None, resume: Path | None, console: C
             raise BadInput(f"--resume {run_dir}: the settings differ from the run's; resume with the run's settings or start a new run")
         console.print(f"{run_dir}: a {cfg.model.name} fit keeps no partial state; fitting it again", highlight=False)
     else:
-        run_dir = _claim_run_dir(out)
+        run_dir = claim_run_dir(out)
     log = RunLog(run_dir / LOG_FILE)
-    model: GBDTModel = build_model(spec, cfg.model, cfg.loss)
+    model: GBDTModel = build_model(spec, cfg.model, cfg.dsrsd)
     device = torch.device("cpu")
     write_run_config(run_dir, cfg, spec, prepared, model, device, 1)
     log(f"new fit: model {cfg.model.name}, preset {cfg.preset}, data {cfg.data.path}")
@@ -110,13 +111,13 @@ def fit_run(cfg: RunConfig, *, out: Path | None, resume: Path | None, console: C
         history.append({"epoch": best_round, f"valid_{metric}": values[best_round - 1]})
     history = sorted(history, key=lambda h: h["epoch"])
     history[-1]["seconds"] = round(seconds, 3)
-    _write_history(run_dir, history)
+    write_history(run_dir, history)
     best = values[best_round - 1]
     log(f"fitted {best_round} trees (of {len(values)} tried) in {seconds:.1f}s; valid {metric} {best:.5f}")
 
     where = LoopState(epoch=1, best_epoch=1, best_auc=best if metric == "auc" else -math.inf, finished=True, history=history)
     eval_batch = cfg.train.eval_batch_size or cfg.data.batch_size
-    _final_evaluation(model, run_dir, prepared, cfg, spec, device, where, eval_batch, console, log)
+    final_evaluation(model, run_dir, prepared, cfg, spec, device, where, eval_batch, console, log)
     if on_epoch is not None:   # one "epoch": the validation AUC of the chosen trees (as the loop reports it)
         on_epoch(1, read_json(run_dir / METRICS_FILE)["valid"].get("auc", math.nan))
     return run_dir

@@ -10,7 +10,7 @@ Multi-class targets (OULAD result4), from labels y (class index) and probabiliti
 
 `auc` is the headline for both, so early stopping, `compare` and the robustness sweep use one
 key. A metric that is undefined on the given labels (AUC with a single class present) is NaN;
-`to_jsonable` writes NaN as null.
+io.to_jsonable writes NaN as null.
 
 ECE is the 15-bin equal-width expected calibration error (Guo et al., 2017):
 sum over bins b of |B_b|/n * |mean(label in B_b) - mean(confidence in B_b)|, bins over [0, 1],
@@ -103,20 +103,6 @@ def compute_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         if probs.ndim == 2 and probs.shape[1] > 1:
             return multiclass_metrics(y, probs)
         return binary_metrics(y, probs.ravel())
-
-
-def to_jsonable(obj):
-    """NaN/inf -> None, numpy scalars -> Python, recursively (JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def area_under_curve(levels, values) -> float:

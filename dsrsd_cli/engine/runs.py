@@ -1,4 +1,5 @@
-"""The run folder (DESIGN §7): its layout, writing its weights and state, loading it back safely.
+"""The run folder (DESIGN §7): its layout, writing it (config.json, log, history, weights,
+state), loading it back safely.
 
 A run folder is UNTRUSTED input: someone may hand you one. So loading it never unpickles:
   config.json        parsed and validated with pydantic (RunConfig, DataSpec, data reference);
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as _dt
 import io
 import os
 import pickle
@@ -29,12 +31,13 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from dsrsd_cli.config import RunConfig, validate_config
+from dsrsd_cli import __version__
+from dsrsd_cli.config import RunConfig, migrate_config, validate_config
 from dsrsd_cli.data.loader import Prepared, make_spec, open_prepared
 from dsrsd_cli.data.schema import OULAD_RESULTS
 from dsrsd_cli.errors import BadInput
-from dsrsd_cli.io import atomic_write_bytes, read_json
-from dsrsd_cli.model.registry import build_model
+from dsrsd_cli.io import atomic_write_bytes, atomic_write_text, read_json, write_json
+from dsrsd_cli.model.registry import build_model, model_names
 from dsrsd_cli.types import Batch, DataSpec
 
 CONFIG_FILE = "config.json"
@@ -114,9 +117,56 @@ def read_run_info(run_dir: str | Path) -> RunInfo:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         raise BadInput(f"{path}: key {key!r} is invalid ({err['msg']}); the folder was not written by `dsrsd train` or was edited") from None
-    cfg = validate_config(record.config, where=str(path))
+    cfg = validate_config(migrate_config(record.config, str(path)), where=str(path))  # migrate: folders of older versions
     spec = spec_from_dict(raw["spec"])
     return RunInfo(run_dir=run_dir, cfg=cfg, spec=spec, data=record.data, record=raw)
+
+
+# ---------------------------------------------------------------- writing a run folder
+
+def claim_run_dir(out: Path | None) -> Path:
+    """--out (new or empty) or runs/run_<N>; created now so the folder is ours."""
+    if out is None:
+        return next_run_dir("runs")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BadInput(f"--out {out}: already exists and is not empty; continue it with --resume {out} or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_run_config(run_dir: Path, cfg: RunConfig, spec: DataSpec, prepared: Prepared, model: nn.Module,
+                     device: torch.device, world_size: int) -> None:
+    """config.json: the resolved config, the data spec and manifest hash, and where it ran."""
+    write_json(run_dir / CONFIG_FILE, {
+        "config": cfg.model_dump(),
+        "spec": spec_to_dict(spec),
+        "data": {"path": str(Path(cfg.data.path).resolve()), "manifest_hash": prepared.manifest_hash, "dataset": spec.dataset},
+        "tool_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model_names": model_names(spec),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "environment": {"device": str(device), "world_size": world_size, "torch": torch.__version__},
+    })
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """history.csv: one row per epoch (a fitted model: per recorded round)."""
+    atomic_write_text(run_dir / HISTORY_FILE, pd.DataFrame(history).to_csv(index=False))
+
+
+class RunLog:
+    """log.txt: timestamped lines, appended (rank 0 only: the others get path None)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def __call__(self, line: str) -> None:
+        if self.path is None:
+            return
+        stamp = _dt.datetime.now().isoformat(timespec="seconds")
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(f"{stamp} {line}\n")
 
 
 # ---------------------------------------------------------------- weights and state
@@ -271,7 +321,7 @@ def load_run(run_dir: str | Path, *, device: str = "cpu", data: Path | None = No
     check_compatible(info.spec, make_spec(prepared, data_cfg), where=str(data_path))
     cfg = info.cfg.model_copy(update={"data": data_cfg})
 
-    model = build_model(info.spec, cfg.model, cfg.loss)
+    model = build_model(info.spec, cfg.model, cfg.dsrsd)
     _check_weights_fit(model, tensors, run_dir / WEIGHTS_FILE, cfg.model.name, info.record.get("tool_version"))
     model.load_state_dict(tensors, strict=True)
     attach_data(model, prepared, cfg.data)

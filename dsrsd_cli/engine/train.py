@@ -6,395 +6,54 @@ per-step linear warmup then cosine schedule, gradient clipping, total loss =
 losses.combine(task, aux), validation AUC after each epoch with early stopping
 (patience), best weights to model.safetensors.
 
-Resuming gives exactly the run that was never interrupted: the state saved after every
-epoch (and on Ctrl-C/SIGTERM, mid-epoch) holds the model, optimizer and scheduler, the
-RNG states of torch/numpy/python and the running epoch sums; the training data order of
-epoch e depends only on (seed, e), so a resumed epoch replays the same batches, skipping
-those already done.
-
-Distributed (DDP): `--nproc N` re-launches this command under torch.distributed.run;
-under torchrun (WORLD_SIZE set) each process trains on its shard of every epoch, with
-data.batch_size the GLOBAL batch (split over the processes). Rank 0 validates on the
-full valid set, broadcasts the AUC (so every rank takes the same early-stopping
-decision), and is the only one that writes files or prints.
+Resuming gives exactly the run that was never interrupted (engine/checkpoint.py: the state
+saved after every epoch and on Ctrl-C/SIGTERM, mid-epoch); the training data order of epoch
+e depends only on (seed, e), so a resumed epoch replays the same batches, skipping those
+already done. Distributed (DDP, `--nproc N` or under torchrun): engine/distributed.py.
+The run folder's files are written with engine/runs.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import datetime as _dt
 import io
 import json
 import math
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from dsrsd_cli import __version__
 from dsrsd_cli.config import RunConfig, apply_overrides, load_config, validate_config
 from dsrsd_cli.data.loader import make_loader, make_spec, open_prepared
-from dsrsd_cli.engine.metrics import compute_metrics, to_jsonable
+from dsrsd_cli.engine.checkpoint import LoopState, check_resumable, restore, set_rng_state, state_dict
+from dsrsd_cli.engine.distributed import DistEnv, any_rank, from_rank0, gather_rng, init_distributed, launch_distributed
+from dsrsd_cli.engine.metrics import compute_metrics
 from dsrsd_cli.engine.runs import (
-    CONFIG_FILE, HISTORY_FILE, LOG_FILE, METRICS_FILE, PREDICTIONS_FILE, STATE_FILE, WEIGHTS_FILE,
-    attach_data, class_names, frame_probs, load_state, load_weights, next_run_dir, predict_batches, read_run_info, resolve_device,
-    save_state, save_weights, spec_to_dict,
+    LOG_FILE, METRICS_FILE, PREDICTIONS_FILE, STATE_FILE, WEIGHTS_FILE, RunLog, attach_data, claim_run_dir, class_names,
+    frame_probs, load_state, load_weights, predict_batches, read_run_info, resolve_device, save_state, save_weights,
+    write_history, write_run_config,
 )
 from dsrsd_cli.errors import BadInput, WorkFailed
-from dsrsd_cli.io import atomic_write_bytes, atomic_write_text, write_json
+from dsrsd_cli.io import atomic_write_bytes, to_jsonable, write_json
 from dsrsd_cli.model import losses
 from dsrsd_cli.model.diagnostics import MechanismProbe
-from dsrsd_cli.model.registry import build_model, model_kind, model_names
+from dsrsd_cli.model.registry import build_model, model_kind
 from dsrsd_cli.report import metrics_table, print_json
-
-# Config keys that may change on --resume without changing the result.
-RESUME_FREE_KEYS = {"preset", "data.path", "data.num_workers", "train.device", "train.threads", "train.eval_batch_size"}
 
 
 class TrainingInterrupted(WorkFailed):
     """Ctrl-C or SIGTERM: the state was saved; exit code 130 like a shell."""
 
     exit_code = 130
-
-
-# ---------------------------------------------------------------- command line
-
-def train_from_cli(
-    *, preset: str, model: str | None, data: Path | None, device: str | None, overrides: list[str],
-    out: Path | None, resume: Path | None, seed: int | None, nproc: int, json_out: bool, console: Console,
-) -> None:
-    env = DistEnv.from_env()
-    options = dict(model=model, data=data, device=device, overrides=overrides, seed=seed)
-    if resume is not None:
-        cfg = resume_config(resume, preset=preset, **options)
-    else:
-        cfg = config_from_cli(preset, **options)
-    if nproc > 1 and model_kind(cfg.model.name) == "fitted":
-        raise BadInput(f"--nproc {nproc}: model {cfg.model.name!r} is fitted in one process (LightGBM uses the cores itself); drop --nproc")
-    if nproc > 1 and not env.distributed:
-        _launch_distributed(cfg, nproc=nproc, preset=preset, out=out, resume=resume, json_out=json_out, console=console, **options)
-        return
-    run_dir = train_run(cfg, out=out, resume=resume, console=console)
-    if json_out and env.is_main:
-        metrics = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
-        print_json({"run_dir": str(run_dir), **metrics})
-
-
-def _cli_overrides(*, model, data, device, overrides, seed) -> list[str]:
-    """--model/--data/--device/--seed as --set items (so a bad value is reported like any other key)."""
-    sets = list(overrides)
-    for key, value in (("model.name", model), ("data.path", data), ("train.device", device), ("train.seed", seed)):
-        if value is not None:
-            sets.append(f"{key}={json.dumps(value if isinstance(value, int) else str(value))}")
-    return sets
-
-
-def config_from_cli(preset: str, *, model=None, data=None, device=None, overrides=(), seed=None) -> RunConfig:
-    return load_config(preset, _cli_overrides(model=model, data=data, device=device, overrides=overrides, seed=seed))
-
-
-def resume_config(run_dir: Path, *, preset: str, model=None, data=None, device=None, overrides=(), seed=None) -> RunConfig:
-    """The run's saved config, with the options given now applied on top (train_run then
-    refuses any change that would alter the result)."""
-    info = read_run_info(run_dir)
-    saved = info.cfg
-    if preset not in ("default", saved.preset):
-        raise BadInput(f"--resume {run_dir}: the run was trained with preset {saved.preset!r}, not {preset!r}; drop --preset to resume it")
-    raw = saved.model_dump()
-    raw["data"]["path"] = info.data.path  # absolute: the run may be resumed from another folder
-    raw = apply_overrides(raw, _cli_overrides(model=model, data=data, device=device, overrides=overrides, seed=seed))
-    return validate_config(raw, where="--resume with --set")
-
-
-def _launch_distributed(cfg: RunConfig, *, nproc, preset, model, data, device, overrides, seed, out, resume, json_out, console) -> None:
-    """Re-run this command under torch.distributed.run, after checking the input here
-    (so a bad option fails once, with exit code 2, not in N workers)."""
-    spec = make_spec(open_prepared(cfg.data.path), cfg.data)
-    if cfg.model.name not in model_names(spec):
-        raise BadInput(f"model.name {cfg.model.name!r} is not a registered model for {spec.dataset}; choose one of: {', '.join(model_names(spec))}")
-    if resume is None:
-        out = _claim_run_dir(out)  # every worker must agree on the folder
-    args = ["train", "--preset", preset]
-    for flag, value in (("--model", model), ("--data", data), ("--device", device), ("--seed", seed), ("--out", out), ("--resume", resume)):
-        if value is not None:
-            args += [flag, str(value)]
-    for item in overrides:
-        args += ["--set", item]
-    if json_out:
-        args.append("--json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "dsrsd_cli", *args]
-    console.print(f"[bold]DDP:[/bold] {nproc} processes: {' '.join(cmd[1:])}", highlight=False)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # torchrun's default is 1
-    env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # DDP's find_unused_parameters notice is expected here
-    returncode = subprocess.run(cmd, env=env).returncode
-    if returncode != 0:
-        sys.exit(returncode)  # the workers already printed their one-line error
-
-
-# ---------------------------------------------------------------- distributed environment
-
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls) -> "DistEnv":
-        return cls(
-            rank=int(os.environ.get("RANK", 0)),
-            world_size=int(os.environ.get("WORLD_SIZE", 1)),
-            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-        )
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(env: DistEnv, device: torch.device) -> bool:
-    """Join the process group (gloo on CPU, nccl on CUDA); True if this call created it."""
-    if not env.distributed or torch.distributed.is_initialized():
-        return False
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    torch.distributed.init_process_group(backend=backend, timeout=_dt.timedelta(hours=2))
-    return True
-
-
-def _any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:
-    """True on every rank if `flag` is True on any rank (a no-op without DDP)."""
-    if not env.distributed:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-def _from_rank0(value: Any, env: DistEnv) -> Any:
-    if not env.distributed:
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-# ---------------------------------------------------------------- determinism and RNG
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _set_determinism(device: torch.device, threads: int | None):
-    """Deterministic kernels (and the thread count) for this run; returns a function that
-    puts the process-wide settings back (train_run is also called from `compare`)."""
-    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-              torch.is_deterministic_algorithms_warn_only_enabled())
-    if threads:
-        torch.set_num_threads(threads)
-    if device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-    # warn_only: an op without a deterministic kernel warns instead of stopping the run
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-    def restore() -> None:
-        torch.set_num_threads(before[0])
-        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
-
-    return restore
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states as tensors and numbers (loadable with weights_only=True)."""
-    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    py_version, py_internal, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
-        "numpy_pos": int(np_pos),
-        "numpy_has_gauss": int(np_has_gauss),
-        "numpy_gauss": float(np_gauss),
-        "python_version": int(py_version),
-        "python": torch.tensor(py_internal, dtype=torch.int64),
-        "python_gauss": py_gauss,
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], state["numpy_has_gauss"], state["numpy_gauss"]))
-    random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()), state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-# ---------------------------------------------------------------- optimizer and schedule
-
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; decay only on weight matrices (not biases, norms, tokens or embedding tables)."""
-    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.dim() >= 2 and id(p) not in embedding_params else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int):
-    """LR multiplier per step: linear warmup from ~0 to 1, then cosine down to 0."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-# ---------------------------------------------------------------- interruption
-
-class StopFlag:
-    """SIGINT/SIGTERM set a flag that the loop checks between steps. A second Ctrl-C
-    gets the default behaviour back (stop at once)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-        with contextlib.suppress(Exception):
-            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-
-    def __enter__(self) -> "StopFlag":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: no handler, no flag
-                pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            with contextlib.suppress(Exception):
-                signal.signal(sig, handler)
-
-
-# ---------------------------------------------------------------- run folder
-
-def _claim_run_dir(out: Path | None) -> Path:
-    """--out (new or empty) or runs/run_<N>; created now so the folder is ours."""
-    if out is None:
-        return next_run_dir("runs")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BadInput(f"--out {out}: already exists and is not empty; continue it with --resume {out} or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            flat.update(_flat(v, f"{prefix}{k}."))
-        else:
-            flat[f"{prefix}{k}"] = v
-    return flat
-
-
-def _check_resumable(run_dir: Path, cfg: RunConfig, manifest_hash: str) -> None:
-    info = read_run_info(run_dir)
-    saved, given = _flat(info.cfg.model_dump()), _flat(cfg.model_dump())
-    changed = [k for k in sorted(saved) if k not in RESUME_FREE_KEYS and saved[k] != given.get(k)]
-    if changed:
-        k = changed[0]
-        raise BadInput(
-            f"--resume {run_dir}: {k} is {given.get(k)!r} but the run used {saved[k]!r}"
-            f"{f' (and {len(changed) - 1} more keys)' if len(changed) > 1 else ''}; resume with the run's settings or start a new run"
-        )
-    if manifest_hash != info.data.manifest_hash:
-        raise BadInput(
-            f"--resume {run_dir}: the prepared data {cfg.data.path} is not the data the run started on "
-            f"(manifest hash {manifest_hash[:12]} vs {info.data.manifest_hash[:12]}); point --data at the original folder"
-        )
-
-
-class RunLog:
-    """log.txt: timestamped lines, appended (rank 0 only)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-
-    def __call__(self, line: str) -> None:
-        if self.path is None:
-            return
-        stamp = _dt.datetime.now().isoformat(timespec="seconds")
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(f"{stamp} {line}\n")
-
-
-# ---------------------------------------------------------------- training state
-
-@dataclass
-class LoopState:
-    """Where the loop is; saved with the weights so a resumed run picks up here."""
-
-    epoch: int = 0                     # epochs completed
-    step_in_epoch: int = 0             # steps completed in the current epoch
-    global_step: int = 0
-    best_auc: float = -math.inf
-    best_epoch: int = 0                # 1-based; 0 = none yet
-    bad_epochs: int = 0                # epochs since the best one (early stopping)
-    finished: bool = False
-    epoch_sums: dict[str, float] = field(default_factory=dict)   # running sums of the current epoch
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _state_dict(model, optimizer, scheduler, where: LoopState, rng: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng,                    # one entry per rank
-        **dataclasses.asdict(where),
-        "tool_version": __version__,
-    }
-
-
-def _gather_rng(env: DistEnv) -> list[dict[str, Any]]:
-    mine = rng_state()
-    if not env.distributed:
-        return [mine]
-    everyone: list[Any] = [None] * env.world_size
-    torch.distributed.all_gather_object(everyone, mine)
-    return everyone
 
 
 # ---------------------------------------------------------------- the loop
@@ -420,7 +79,7 @@ def train_run(cfg: RunConfig, *, out: Path | None = None, resume: Path | None = 
     if device.type == "cuda" and env.distributed:
         device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(device)
-    created_group = _init_distributed(env, device)
+    created_group = init_distributed(env, device)
     restore_globals = _set_determinism(device, cfg.train.threads)
     try:
         return Trainer(cfg, env, device, console, out=out, resume=resume, on_epoch=on_epoch).fit()
@@ -440,18 +99,15 @@ class Trainer:
         self.on_epoch = on_epoch
         self.prepared = open_prepared(cfg.data.path)
         self.spec = spec = make_spec(self.prepared, cfg.data)
-        names = model_names(spec)
-        if cfg.model.name not in names:
-            raise BadInput(f"model.name {cfg.model.name!r} is not a registered model for {spec.dataset}; choose one of: {', '.join(names)}")
         _seed_everything(cfg.train.seed)
-        self.model = build_model(spec, cfg.model, cfg.loss).to(device)
+        self.model = build_model(spec, cfg.model, cfg.dsrsd).to(device)   # an unknown model.name is a BadInput here
         _seed_everything(cfg.train.seed + env.rank)  # training randomness differs per rank; rank 0 = single process
         if resume is not None:
             self.run_dir = Path(resume)
-            _check_resumable(self.run_dir, cfg, self.prepared.manifest_hash)
+            check_resumable(self.run_dir, cfg, self.prepared.manifest_hash)
             saved = load_state(self.run_dir / STATE_FILE)
         else:
-            self.run_dir = _from_rank0(_claim_run_dir(out) if env.is_main else None, env)
+            self.run_dir = from_rank0(claim_run_dir(out) if env.is_main else None, env)
             saved = None
         self.log = RunLog(self.run_dir / LOG_FILE if env.is_main else None)
         self.net = self.model
@@ -484,12 +140,7 @@ class Trainer:
         self.where = LoopState()
         self.pending_rng: dict[str, Any] | None = None   # a resumed run's RNG state, set at the right moment
         if saved is not None:
-            self.model.load_state_dict(saved["model"])
-            self.optimizer.load_state_dict(saved["optimizer"])
-            self.scheduler.load_state_dict(saved["scheduler"])
-            self.where = LoopState(**{f.name: saved[f.name] for f in dataclasses.fields(LoopState)})
-            # one RNG state per rank; resumed with more ranks than saved, the extra ones reuse rank 0's
-            self.pending_rng = saved["rng"][env.rank] if env.rank < len(saved["rng"]) else saved["rng"][0]
+            self.where, self.pending_rng = restore(saved, self.model, self.optimizer, self.scheduler, env.rank)
             where = self.where
             self.log(f"resumed at epoch {where.epoch + 1}, step {where.step_in_epoch} of {self.steps_per_epoch}")
             console.print(f"resuming {self.run_dir} at epoch {where.epoch + 1}, step {where.step_in_epoch}/{self.steps_per_epoch}"
@@ -509,7 +160,7 @@ class Trainer:
             while not self.where.finished and self.where.epoch < self.cfg.train.epochs:
                 self._epoch(progress)
         if self.env.is_main:
-            _final_evaluation(self.model, self.run_dir, self.prepared, self.cfg, self.spec, self.device, self.where, self.eval_batch, self.console, self.log)
+            final_evaluation(self.model, self.run_dir, self.prepared, self.cfg, self.spec, self.device, self.where, self.eval_batch, self.console, self.log)
         if self.env.distributed:
             torch.distributed.barrier()
         return self.run_dir
@@ -552,9 +203,9 @@ class Trainer:
         with self.autocast():
             output = self.net(batch)
             task = losses.task_loss(output.logits, batch.target, batch.mask, self.spec.n_outputs)
-            total, parts = losses.combine(task, output.aux.get("losses", {}), cfg.loss)
+            total, parts = losses.combine(task, output.aux.get("losses", {}), cfg.loss)   # the loss weights: read here only
         loss = float(total.detach())
-        if _any_rank(not math.isfinite(loss), self.env, self.device):
+        if any_rank(not math.isfinite(loss), self.env, self.device):
             self._stop_on_nan("loss", loss)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -576,8 +227,8 @@ class Trainer:
         """Validate (rank 0; every rank gets the result), record, keep the best weights,
         decide on early stopping, save the state."""
         where, env = self.where, self.env
-        valid = _validate(self.model, self.valid_loader, self.device, self.spec, self.cfg.loss.tau) if env.is_main else None
-        valid = _from_rank0(valid, env)
+        valid = _validate(self.model, self.valid_loader, self.device, self.spec, self.cfg.dsrsd.tau) if env.is_main else None
+        valid = from_rank0(valid, env)
         auc = valid.get("auc", math.nan)
         mechanisms = valid.pop("mechanisms", {})
         sums = where.epoch_sums
@@ -601,7 +252,7 @@ class Trainer:
         where.finished = early_stop or where.epoch >= self.cfg.train.epochs
         self._save_state()
         if env.is_main:
-            _write_history(self.run_dir, where.history)
+            write_history(self.run_dir, where.history)
             self.log(f"epoch {epoch + 1}: train loss {record['train_loss']:.5f}, valid AUC {auc:.5f}, lr {record['lr']:.3g}, "
                      f"{seconds:.1f}s{' (best)' if improved else ''}")
         if early_stop:
@@ -614,9 +265,9 @@ class Trainer:
     # ---- state, interruption, failure
 
     def _save_state(self) -> None:
-        rng = _gather_rng(self.env)
+        rng = gather_rng(self.env)
         if self.env.is_main:
-            save_state(_state_dict(self.model, self.optimizer, self.scheduler, self.where, rng), self.run_dir / STATE_FILE)
+            save_state(state_dict(self.model, self.optimizer, self.scheduler, self.where, rng), self.run_dir / STATE_FILE)
 
     def _restore_pending_rng(self) -> None:
         if self.pending_rng is not None:
@@ -624,7 +275,7 @@ class Trainer:
             self.pending_rng = None
 
     def _interrupt_if_asked(self) -> None:
-        if _any_rank(self.stop.requested, self.env, self.device):
+        if any_rank(self.stop.requested, self.env, self.device):
             self._save_state()
             self.log(f"interrupted at epoch {self.where.epoch + 1}, step {self.where.step_in_epoch}; state saved")
             raise TrainingInterrupted(f"interrupted; resume with: dsrsd train --resume {self.run_dir}")
@@ -641,19 +292,7 @@ class Trainer:
         raise WorkFailed(message)
 
 
-def write_run_config(run_dir: Path, cfg: RunConfig, spec, prepared, model: nn.Module, device: torch.device, world_size: int) -> None:
-    """config.json: the resolved config, the data spec and manifest hash, and where it ran."""
-    write_json(run_dir / CONFIG_FILE, {
-        "config": cfg.model_dump(),
-        "spec": spec_to_dict(spec),
-        "data": {"path": str(Path(cfg.data.path).resolve()), "manifest_hash": prepared.manifest_hash, "dataset": spec.dataset},
-        "tool_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model_names": model_names(spec),
-        "n_parameters": sum(p.numel() for p in model.parameters()),
-        "environment": {"device": str(device), "world_size": world_size, "torch": torch.__version__},
-    })
-
+# ---------------------------------------------------------------- evaluation
 
 def _validate(model: nn.Module, loader, device: torch.device, spec, tau: float) -> dict[str, Any]:
     """Validation metrics, plus the mechanism diagnostics (model/diagnostics.py) under
@@ -666,12 +305,9 @@ def _validate(model: nn.Module, loader, device: torch.device, spec, tau: float) 
     return {**compute_metrics(frame["label"].to_numpy(), frame_probs(frame)), "mechanisms": probe.result()}
 
 
-def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(run_dir / HISTORY_FILE, pd.DataFrame(history).to_csv(index=False))
-
-
-def _final_evaluation(model, run_dir, prepared, cfg, spec, device, where: LoopState, eval_batch, console, log) -> None:
-    """Best weights on valid and test: metrics.json and predictions.parquet (test)."""
+def final_evaluation(model, run_dir, prepared, cfg, spec, device, where: LoopState, eval_batch, console, log) -> None:
+    """Best weights on valid and test: metrics.json and predictions.parquet (test). Also the
+    end of a fitted model's run (engine/fit.py)."""
     model.load_state_dict(load_weights(run_dir / WEIGHTS_FILE))
     attach_data(model, prepared, cfg.data)
     results, test_frame = {}, None
@@ -687,3 +323,133 @@ def _final_evaluation(model, run_dir, prepared, cfg, spec, device, where: LoopSt
     atomic_write_bytes(run_dir / PREDICTIONS_FILE, buffer.getvalue())
     console.print(metrics_table(f"{run_dir} ({cfg.model.name}, best epoch {where.best_epoch})", {s: results[s] for s in ("valid", "test")}))
     log(f"final: valid AUC {results['valid'].get('auc')}, test AUC {results['test'].get('auc')} (best epoch {where.best_epoch})")
+
+
+# ---------------------------------------------------------------- optimizer and schedule
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW; decay only on weight matrices (not biases, norms, tokens or embedding tables)."""
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and id(p) not in embedding_params else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """LR multiplier per step: linear warmup from ~0 to 1, then cosine down to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+# ---------------------------------------------------------------- determinism and interruption
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _set_determinism(device: torch.device, threads: int | None):
+    """Deterministic kernels (and the thread count) for this run; returns a function that
+    puts the process-wide settings back (train_run is also called from `compare`)."""
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    if threads:
+        torch.set_num_threads(threads)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    # warn_only: an op without a deterministic kernel warns instead of stopping the run
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+    def restore() -> None:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+
+    return restore
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag that the loop checks between steps. A second Ctrl-C
+    gets the default behaviour back (stop at once)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        with contextlib.suppress(Exception):
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def __enter__(self) -> "StopFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handler, no flag
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            with contextlib.suppress(Exception):
+                signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------- command line
+
+def train_from_cli(
+    *, preset: str, model: str | None, data: Path | None, device: str | None, overrides: list[str],
+    out: Path | None, resume: Path | None, seed: int | None, nproc: int, json_out: bool, console: Console,
+) -> None:
+    env = DistEnv.from_env()
+    options = dict(model=model, data=data, device=device, overrides=overrides, seed=seed)
+    if resume is not None:
+        cfg = resume_config(resume, preset=preset, **options)
+    else:
+        cfg = config_from_cli(preset, **options)
+    if nproc > 1 and model_kind(cfg.model.name) == "fitted":
+        raise BadInput(f"--nproc {nproc}: model {cfg.model.name!r} is fitted in one process (LightGBM uses the cores itself); drop --nproc")
+    if nproc > 1 and not env.distributed:
+        launch_distributed(cfg, nproc=nproc, preset=preset, out=out, resume=resume, json_out=json_out, console=console, **options)
+        return
+    run_dir = train_run(cfg, out=out, resume=resume, console=console)
+    if json_out and env.is_main:
+        metrics = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
+        print_json({"run_dir": str(run_dir), **metrics})
+
+
+def _cli_overrides(*, model, data, device, overrides, seed) -> list[str]:
+    """--model/--data/--device/--seed as --set items (so a bad value is reported like any other key)."""
+    sets = list(overrides)
+    for key, value in (("model.name", model), ("data.path", data), ("train.device", device), ("train.seed", seed)):
+        if value is not None:
+            sets.append(f"{key}={json.dumps(value if isinstance(value, int) else str(value))}")
+    return sets
+
+
+def config_from_cli(preset: str, *, model=None, data=None, device=None, overrides=(), seed=None) -> RunConfig:
+    return load_config(preset, _cli_overrides(model=model, data=data, device=device, overrides=overrides, seed=seed))
+
+
+def resume_config(run_dir: Path, *, preset: str, model=None, data=None, device=None, overrides=(), seed=None) -> RunConfig:
+    """The run's saved config, with the options given now applied on top (train_run then
+    refuses any change that would alter the result)."""
+    info = read_run_info(run_dir)
+    saved = info.cfg
+    if preset not in ("default", saved.preset):
+        raise BadInput(f"--resume {run_dir}: the run was trained with preset {saved.preset!r}, not {preset!r}; drop --preset to resume it")
+    raw = saved.model_dump()
+    raw["data"]["path"] = info.data.path  # absolute: the run may be resumed from another folder
+    raw = apply_overrides(raw, _cli_overrides(model=model, data=data, device=device, overrides=overrides, seed=seed))
+    return validate_config(raw, where="--resume with --set")

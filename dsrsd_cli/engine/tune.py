@@ -26,7 +26,7 @@ Sampling is reproducible: before each trial the TPE sampler is seeded from (--se
 number of finished trials), so a killed and continued study samples what the uninterrupted
 one would have.
 
-Search space (SEARCH_SPACE below, the one place it is defined; "log" = log-uniform):
+Search space (SEARCH_SPACE in engine/tune_space.py, the one place it is defined; "log" = log-uniform):
 
   every neural model
     train.lr                   float, log   3e-4 .. 5e-3
@@ -39,9 +39,9 @@ Search space (SEARCH_SPACE below, the one place it is defined; "log" = log-unifo
     loss.lambda_align          float, log   0.003 .. 1
     loss.lambda_dec            float, log   0.001 .. 0.3
     loss.lambda_orth           float, log   0.001 .. 0.3
-    loss.tau                   float        0.05 .. 0.5
-    model.k_shared             choice       16, 32, 64
-    model.private_dropout      float        0 .. 0.5
+    dsrsd.tau                  float        0.05 .. 0.5
+    dsrsd.k_shared             choice       16, 32, 64
+    dsrsd.private_dropout      float        0 .. 0.5
   gbdt (LightGBM reference model)
     gbdt.learning_rate         float, log   0.01 .. 0.2
     gbdt.num_leaves            int, log     8 .. 256
@@ -59,10 +59,8 @@ import contextlib
 import json
 import math
 import os
-import re
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -70,15 +68,15 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from dsrsd_cli import __version__
-from dsrsd_cli.config import RunConfig
+from dsrsd_cli.config import MOVED_KEYS, RunConfig, result_settings
 from dsrsd_cli.engine.runs import METRICS_FILE, PREDICTIONS_FILE, STATE_FILE
-from dsrsd_cli.engine.train import RESUME_FREE_KEYS, TrainingInterrupted, config_from_cli, train_run
+from dsrsd_cli.engine.train import TrainingInterrupted, config_from_cli, train_run
+from dsrsd_cli.engine.tune_space import Dim, family_of, search_space
 from dsrsd_cli.errors import BadInput, WorkFailed
-from dsrsd_cli.io import atomic_write_text
-from dsrsd_cli.report import print_json
+from dsrsd_cli.io import atomic_write_text, dumps_toml
+from dsrsd_cli.report import best_table, print_json, trials_table
 
 try:
     import optuna
@@ -96,176 +94,6 @@ LOCK_FILE = ".tune.lock"
 PRUNER_STARTUP_TRIALS = 3     # complete trials before the median pruner acts
 PRUNER_WARMUP_STEPS = 1       # steps are epochs - 1: a trial's first epoch is never pruned
 MAX_FAILURES_IN_A_ROW = 3     # trials failing during training (e.g. a NaN loss) before tune gives up
-
-
-# ---------------------------------------------------------------- the search space
-
-@dataclass(frozen=True)
-class Dim:
-    """One searched config key: a float or int range (optionally log-uniform) or a choice."""
-
-    kind: str                       # "float", "int" or "choice"
-    low: float = 0.0
-    high: float = 0.0
-    log: bool = False
-    choices: tuple = ()
-
-    def sample(self, trial, name: str) -> Any:
-        if self.kind == "float":
-            return trial.suggest_float(name, self.low, self.high, log=self.log)
-        if self.kind == "int":
-            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_categorical(name, list(self.choices))
-
-    def contains(self, value: Any) -> bool:
-        if self.kind == "choice":
-            return value in self.choices
-        if self.kind == "int" and (isinstance(value, bool) or int(value) != value):
-            return False
-        return self.low <= value <= self.high
-
-    def describe(self) -> str:
-        if self.kind == "choice":
-            return "choice " + ", ".join(str(c) for c in self.choices)
-        return f"{self.kind}{', log' if self.log else ''} {self.low:g} .. {self.high:g}"
-
-    def as_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "low": self.low, "high": self.high, "log": self.log, "choices": list(self.choices)}
-
-
-def _float(low: float, high: float, log: bool = False) -> Dim:
-    return Dim("float", low, high, log)
-
-
-def _int(low: int, high: int, log: bool = False) -> Dim:
-    return Dim("int", low, high, log)
-
-
-def _choice(*choices: Any) -> Dim:
-    return Dim("choice", choices=tuple(choices))
-
-
-_NEURAL = {
-    "train.lr": _float(3e-4, 5e-3, log=True),
-    "train.weight_decay": _float(1e-4, 0.1, log=True),
-    "model.dropout": _float(0.0, 0.3),
-    "model.modality_dropout": _float(0.0, 0.4),
-    "model.d_model": _choice(32, 64, 96),
-    "model.n_layers": _choice(1, 2),
-}
-
-# Model family -> searched config keys. family_of() maps a model name to its family.
-SEARCH_SPACE: dict[str, dict[str, Dim]] = {
-    "neural": dict(_NEURAL),
-    "dsrsd": {
-        **_NEURAL,
-        "loss.lambda_align": _float(0.003, 1.0, log=True),
-        "loss.lambda_dec": _float(0.001, 0.3, log=True),
-        "loss.lambda_orth": _float(0.001, 0.3, log=True),
-        "loss.tau": _float(0.05, 0.5),
-        "model.k_shared": _choice(16, 32, 64),
-        "model.private_dropout": _float(0.0, 0.5),
-    },
-    "gbdt": {
-        "gbdt.learning_rate": _float(0.01, 0.2, log=True),
-        "gbdt.num_leaves": _int(8, 256, log=True),
-        "gbdt.min_data_in_leaf": _int(5, 500, log=True),
-        "gbdt.feature_fraction": _float(0.4, 1.0),
-        "gbdt.lambda_l2": _float(1e-3, 10.0, log=True),
-        "model.modality_dropout": _float(0.0, 0.4),
-    },
-}
-
-
-def family_of(model: str) -> str:
-    """dsrsd and dsrsd:<variant> -> "dsrsd"; gbdt -> "gbdt"; every other model -> "neural"."""
-    base = model.partition(":")[0]
-    return base if base in ("dsrsd", "gbdt") else "neural"
-
-
-def search_space(model: str, base: RunConfig, fixed: Sequence[str] = ()) -> dict[str, Dim]:
-    """The keys searched for `model` on top of `base`: d_model choices that model.n_heads
-    divides, without the keys fixed by --set."""
-    space = dict(SEARCH_SPACE[family_of(model)])
-    if "model.d_model" in space:
-        dim = space["model.d_model"]
-        ok = tuple(c for c in dim.choices if c % base.model.n_heads == 0)
-        if not ok:
-            raise BadInput(
-                f"model.n_heads = {base.model.n_heads} divides none of the model.d_model choices "
-                f"{', '.join(map(str, dim.choices))}; set --set model.n_heads=4 (or fix --set model.d_model=...)"
-            )
-        space["model.d_model"] = _choice(*ok)
-    for key in fixed:
-        space.pop(key, None)
-    if not space:
-        raise BadInput(f"every searched key of {model} is fixed by --set; nothing left to tune")
-    return space
-
-
-# ---------------------------------------------------------------- TOML output
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else _toml_string(key)
-
-
-def _toml_string(s: str) -> str:
-    out = []
-    for ch in s:
-        if ch in _TOML_ESCAPES:
-            out.append(_TOML_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_value(value: Any, where: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        text = repr(value)   # shortest text that reads back as the same float
-        return text if any(c in text for c in ".en") else text + ".0"
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, (list, tuple)):
-        items = [v for v in value]
-        if any(v is None or isinstance(v, (dict, list, tuple)) for v in items):
-            raise TypeError(f"{where}: only lists of scalars can be written to TOML")
-        return "[" + ", ".join(_toml_value(v, where) for v in items) + "]"
-    raise TypeError(f"{where}: cannot write a {type(value).__name__} to TOML")
-
-
-def dumps_toml(doc: dict[str, Any], header: str = "") -> str:
-    """TOML text for `doc`: top-level scalars, then one [section] per dict (nested dicts as
-    [a.b]). Values: str, int, float, bool, lists of scalars; None is skipped (TOML has no null)."""
-    lines = [f"# {line}".rstrip() for line in header.splitlines()]
-
-    def emit(table: dict[str, Any], path: list[str]) -> None:
-        scalars = [(k, v) for k, v in table.items() if not isinstance(v, dict) and v is not None]
-        if path and (scalars or not any(isinstance(v, dict) for v in table.values())):
-            if lines:
-                lines.append("")
-            lines.append("[" + ".".join(_toml_key(p) for p in path) + "]")
-        for k, v in scalars:
-            lines.append(f"{_toml_key(str(k))} = {_toml_value(v, '.'.join([*path, str(k)]))}")
-        for k, v in table.items():
-            if isinstance(v, dict):
-                emit(v, [*path, str(k)])
-
-    emit(doc, [])
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- command line
@@ -323,7 +151,7 @@ def tune(
     out = Path(out) if out is not None else default_out(preset, model)
     identity = {
         "model": model, "preset": preset, "overrides": overrides, "seed": seed,
-        "settings": {k: v for k, v in _settings(base).items() if k not in space}, "manifest_hash": prepared_hash,
+        "settings": {k: v for k, v in result_settings(base).items() if k not in space}, "manifest_hash": prepared_hash,
         "space": {k: d.as_json() for k, d in space.items()},
     }
     _check_out(out)
@@ -350,25 +178,11 @@ def tune(
 def _check_model(base: RunConfig) -> str:
     """BadInput unless base.model.name is a registered model for the data; returns the manifest hash."""
     from dsrsd_cli.data.loader import make_spec, open_prepared
-    from dsrsd_cli.model.registry import model_names
+    from dsrsd_cli.model.registry import check_model
 
     prepared = open_prepared(base.data.path)
-    names = model_names(make_spec(prepared, base.data))
-    if base.model.name not in names:
-        raise BadInput(f"--model {base.model.name!r} is not a registered model for {prepared.dataset}; choose one of: {', '.join(names)}")
+    check_model(make_spec(prepared, base.data), base.model.name, where="--model")
     return prepared.manifest_hash
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for k, v in d.items():
-        flat.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return flat
-
-
-def _settings(cfg: RunConfig) -> dict[str, Any]:
-    """The config keys that can change a result (data.path, device, threads... cannot)."""
-    return {k: v for k, v in _flat(cfg.model_dump()).items() if k not in RESUME_FREE_KEYS}
 
 
 def _check_out(out: Path) -> None:
@@ -414,7 +228,8 @@ def _check_identity(study, identity: dict[str, Any], out: Path) -> None:
     hint = "; continue it with its own settings or choose another --out"
     if saved.get("model") != identity["model"]:
         raise BadInput(f"{where} --model {saved.get('model')!r}, not {identity['model']!r}{hint}")
-    old, new = saved.get("settings", {}), identity["settings"]
+    old = {MOVED_KEYS.get(k, k): v for k, v in saved.get("settings", {}).items()}   # a study of an older version
+    new = identity["settings"]
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if changed:
         k = changed[0]
@@ -651,39 +466,3 @@ def trial_rows(study, keys: Sequence[str]) -> list[dict[str, Any]]:
             **{k: t.params.get(k) for k in keys},
         })
     return rows
-
-
-# ---------------------------------------------------------------- console tables
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3g}" if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4) else f"{value:.4g}"
-    return str(value)
-
-
-def trials_table(summary: dict[str, Any]) -> Table:
-    best = summary["best"]["number"] if summary["best"] else None
-    table = Table(title=f"{escape(summary['out'])}: {summary['finished']} finished trials of {summary['model']} "
-                        f"({summary['complete']} complete, {summary['pruned']} pruned, {summary['failed']} failed)")
-    for name in ("trial", "state", "valid AUC", "epochs", "seconds", "params"):
-        table.add_column(name, justify="right" if name not in ("state", "params") else "left")
-    for t in summary["trials"]:
-        params = " ".join(f"{k.partition('.')[2]}={_fmt(v)}" for k, v in t.items()
-                          if k in summary["space"] and v is not None)
-        style = "bold green" if t["number"] == best else ("dim" if t["state"] == "FAIL" else None)
-        table.add_row(str(t["number"]), t["state"], "-" if t["value"] is None else f"{t['value']:.4f}",
-                      str(t["epochs"]), _fmt(t["seconds"]), params, style=style)
-    return table
-
-
-def best_table(summary: dict[str, Any]) -> Table:
-    best = summary["best"]
-    table = Table(title=f"best: trial {best['number']}, valid AUC {best['valid_auc']:.4f}")
-    table.add_column("key")
-    table.add_column("value", justify="right")
-    table.add_column("searched", justify="left")
-    for key, value in best["params"].items():
-        table.add_row(key, _fmt(value), summary["space"].get(key, ""))
-    return table

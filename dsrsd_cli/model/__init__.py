@@ -1,7 +1,13 @@
-"""Models (DESIGN §4-§6): encoders, the DSRSD-Net fusion, baseline fusions, losses, registry.
+"""Models (DESIGN §4-§6), one file per concept:
+
+    blocks.py       generic parts: stacked linear / layer norm, attention, feed-forward, head, init
+    encoders.py     per-dataset input embeddings and sequence encoders (modality -> h_m)
+    fusion.py       MultimodalModel, AbsentTokens, DSRSD-Net and the baseline fusions
+    losses.py       pure loss functions;  diagnostics.py  mechanism statistics for explain
+    gbdt.py         the LightGBM reference;  registry.py  model name -> builder
 
     from dsrsd_cli.model import build_model, model_names
-    model = build_model(spec, cfg.model, cfg.loss)
+    model = build_model(spec, cfg.model, cfg.dsrsd)
     out = model(batch)                    # ModelOutput(logits, aux)
 """
 

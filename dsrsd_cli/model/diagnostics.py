@@ -54,7 +54,7 @@ MEANINGS: dict[str, str] = {
     "align_top1_chance": "top-1 retrieval by chance: mean 1/N over pairs",
     "align_rows": "N: rows with both modalities present, mean over pairs",
     "align_pairs": "modality pairs with at least 2 such rows",
-    "align_tau": "InfoNCE temperature (the run's loss.tau)",
+    "align_tau": "InfoNCE temperature (the run's dsrsd.tau)",
     "shared_effective_rank": "effective rank (Roy & Vetterli) of the centred shared space, mean over modalities; near shared_rank_max = used evenly, near 1 = collapsed",
     "shared_rank_max": "k, the shared dimension (largest possible effective rank, when N > k)",
     "shared_mean_abs_offdiag_corr": "mean |correlation| between distinct shared dimensions; 0 = decorrelated (VICReg covariance term)",

@@ -2,11 +2,13 @@
 
 A model is encoders (encoders.py) + a fusion with its head, as in MultiBench's MMDL.
 `MultimodalModel` runs the encoders, hides modalities (modality dropout in training),
-puts each modality's learned absent token where it is absent, and calls the fusion.
-DSRSD-Net and the baselines differ only in the fusion; `early` alone has, by
-definition, one joint encoder instead (`EarlyFusionEdNet`, `EarlyFusionOulad`).
+puts each modality's learned absent token where it is absent (`AbsentTokens`), and calls
+the fusion (a `Fusion`). DSRSD-Net and the baselines differ only in the fusion; `early`
+alone has, by definition, one joint encoder instead (`EarlyFusionEdNet`,
+`EarlyFusionOulad`). Every model lists the streams `dsrsd explain` may ablate
+(`ablatable_streams()`): DSRSD-Net's shared and private streams; none for the baselines.
 
-Encoders start from a small init (encoders.init_small_); fusions and heads keep PyTorch's
+Encoders start from a small init (blocks.init_small_); fusions and heads keep PyTorch's
 default init, so the DSRSD streams start at the scale of h, not near zero.
 
 Fusions work on "units": the B x T steps of EdNet or the B rows of OULAD, flattened to
@@ -17,6 +19,7 @@ Fusions work on "units": the B x T steps of EdNet or the B rows of OULAD, flatte
 from __future__ import annotations
 
 from itertools import combinations, permutations
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,26 +27,13 @@ from torch import Tensor, nn
 
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.model import losses
-from dsrsd_cli.model.encoders import (
-    Attention, Dropout, Encoded, FeedForward, StackedLinear, Tokens, View, attention_bias, same_or_earlier_bundles,
-)
+from dsrsd_cli.model.blocks import Attention, FeedForward, Head, StackedLinear, attention_bias, mlp
+from dsrsd_cli.model.encoders import Encoded, Tokens, View, same_or_earlier_bundles
 from dsrsd_cli.types import Batch, ModelOutput
 
 STREAMS = ("shared", "private")   # what `ablate` entries name: "<modality>.shared" | "<modality>.private"
 # Mechanisms a DSRSD-Net variant can be built without (registry `dsrsd:no-align`, ...): the paper's ablations.
 MECHANISMS = ("align", "decorr", "orth", "private", "shared", "gate")
-
-
-class Head(nn.Sequential):
-    """Task head: (U, d_in) -> (U, n_outputs). LN -> Linear -> GELU -> Dropout -> Linear."""
-
-    def __init__(self, *, d_in: int, d: int, n_outputs: int, dropout: float) -> None:
-        super().__init__(nn.LayerNorm(d_in), nn.Linear(d_in, d), nn.GELU(), Dropout(dropout), nn.Linear(d, n_outputs))
-
-
-def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
-    """(…, d_in) -> (…, d_out): Linear -> GELU -> Linear."""
-    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
 
 
 def to_logits(y: Tensor, batch: Batch) -> Tensor:
@@ -76,18 +66,30 @@ def effective_presence(batch: Batch, modalities: tuple[str, ...], *, training: b
     return drop_modalities(present, p) if training else present
 
 
-def with_absent_token(encoded: Encoded, present: Tensor, token: Tensor) -> Encoded:
-    """Replace the encoding of absent units by the modality's learned absent token (d,).
-
-    EdNet (h (B, T, d)): the tokens are h itself. OULAD (h (B, d)): an absent row's
-    token sequence becomes just [absent token].
+class AbsentTokens(nn.ParameterDict):
+    """One learned token (d,) per modality, N(0, 0.02): what a unit carries in place of a
+    modality it lacks (or one that modality dropout hid). Shared by MultimodalModel and
+    the two `early` models. A ParameterDict, so its weights stay `absent.<modality>`.
     """
-    h = torch.where(present.unsqueeze(-1), encoded.h, token)
-    if h.dim() == 3:
-        return Encoded(h=h, tokens=h, token_mask=encoded.token_mask)
-    tokens = torch.cat([h.unsqueeze(1), encoded.tokens[:, 1:]], dim=1)                    # (B, 1+L, d)
-    mask = torch.cat([encoded.token_mask[:, :1], encoded.token_mask[:, 1:] & present.unsqueeze(1)], dim=1)
-    return Encoded(h=h, tokens=tokens, token_mask=mask)
+
+    def __init__(self, *, modalities: Sequence[str], d: int) -> None:
+        super().__init__({m: nn.Parameter(torch.zeros(d)) for m in modalities})
+        for token in self.values():
+            nn.init.normal_(token, std=0.02)
+
+    def fill(self, modality: str, x: Tensor, present: Tensor) -> Tensor:
+        """x (B, [T,] d) where present (B, [T]), the modality's token elsewhere."""
+        return torch.where(present.unsqueeze(-1), x, self[modality])
+
+    def fill_encoded(self, modality: str, encoded: Encoded, present: Tensor) -> Encoded:
+        """An encoding whose absent units carry the token. EdNet (h (B, T, d)): the tokens
+        are h itself. OULAD (h (B, d)): an absent row's token sequence becomes just [token]."""
+        h = self.fill(modality, encoded.h, present)
+        if h.dim() == 3:
+            return Encoded(h=h, tokens=h, token_mask=encoded.token_mask)
+        tokens = torch.cat([h.unsqueeze(1), encoded.tokens[:, 1:]], dim=1)                # (B, 1+L, d)
+        mask = torch.cat([encoded.token_mask[:, :1], encoded.token_mask[:, 1:] & present.unsqueeze(1)], dim=1)
+        return Encoded(h=h, tokens=tokens, token_mask=mask)
 
 
 def sample_aux_rows(count: int, n: int, *, training: bool, device: torch.device) -> Tensor:
@@ -103,38 +105,52 @@ def sample_aux_rows(count: int, n: int, *, training: bool, device: torch.device)
 # ----------------------------------------------------------------------------- the model
 
 
-class MultimodalModel(nn.Module):
-    """encoders (forward(batch) -> modality -> Encoded) + a fusion.
+class Fusion(nn.Module):
+    """What MultimodalModel fuses with: forward(encoded: modality -> Encoded, present:
+    modality -> (B,) | (B, T) bool, batch, *, ablate) -> ModelOutput.
 
-    forward(batch, *, ablate) -> ModelOutput. `ablate` removes streams of the DSRSD
-    fusion (for `dsrsd explain`); other fusions ignore it.
+    `ablate` removes streams for `dsrsd explain`; ablatable_streams() lists the ones this
+    fusion has ("<modality>.<stream>"), none unless a fusion overrides it (DSRSD-Net).
+    A fusion without streams ignores `ablate`.
     """
 
-    def __init__(self, *, encoders: nn.Module, modalities: tuple[str, ...], fusion: nn.Module, d: int,
+    def ablatable_streams(self) -> list[str]:
+        return []
+
+
+class MultimodalModel(nn.Module):
+    """encoders (forward(batch) -> modality -> Encoded) + a Fusion.
+
+    forward(batch, *, ablate) -> ModelOutput. `ablate` removes streams of the fusion
+    (for `dsrsd explain`): the ones ablatable_streams() lists.
+    """
+
+    def __init__(self, *, encoders: nn.Module, modalities: tuple[str, ...], fusion: Fusion, d: int,
                  modality_dropout: float) -> None:
         super().__init__()
         self.encoders = encoders
-        self.absent = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m in modalities})
+        self.absent = AbsentTokens(modalities=modalities, d=d)
         self.fusion = fusion
         self.modality_dropout = modality_dropout
-        for token in self.absent.values():
-            nn.init.normal_(token, std=0.02)
 
     @property
     def modalities(self) -> tuple[str, ...]:
         return tuple(self.absent)
 
+    def ablatable_streams(self) -> list[str]:
+        return self.fusion.ablatable_streams()
+
     def forward(self, batch: Batch, *, ablate: frozenset[str] = frozenset()) -> ModelOutput:
         present = effective_presence(batch, self.modalities, training=self.training, p=self.modality_dropout)
         encoded = self.encoders(batch)
-        encoded = {m: with_absent_token(encoded[m], present[m], self.absent[m]) for m in self.modalities}
+        encoded = {m: self.absent.fill_encoded(m, encoded[m], present[m]) for m in self.modalities}
         return self.fusion(encoded, present, batch, ablate=ablate)
 
 
 # ----------------------------------------------------------------------------- DSRSD-Net
 
 
-class DSRSDFusion(nn.Module):
+class DSRSDFusion(Fusion):
     """Dual-stream residual decomposition, semantic alignment, decorrelation, gated fusion (§6).
 
     Per modality m (on units (U, d)): shared s_m = P_m(h_m); private residual p_m = h_m - s_m;
@@ -186,8 +202,12 @@ class DSRSDFusion(nn.Module):
         self.gate = mlp((1 + M) * k, d, 1 + M)
         self.head = Head(d_in=k, d=d, n_outputs=n_outputs, dropout=dropout)
 
+    def ablatable_streams(self) -> list[str]:
+        """Every modality's shared and private stream: "<modality>.shared" | "<modality>.private"."""
+        return [f"{m}.{stream}" for m in self.modalities for stream in STREAMS]
+
     def _check(self, ablate: frozenset[str]) -> None:
-        valid = {f"{m}.{s}" for m in self.modalities for s in STREAMS}
+        valid = set(self.ablatable_streams())
         wrong = set(ablate) - valid
         if wrong:
             raise BadInput(f"cannot ablate {sorted(wrong)}; valid entries: {', '.join(sorted(valid))}")
@@ -272,7 +292,7 @@ class DSRSDFusion(nn.Module):
 # ----------------------------------------------------------------------------- baselines
 
 
-class ConcatFusion(nn.Module):
+class ConcatFusion(Fusion):
     """`concat` (and `single:<m>` with one modality): [h_1 .. h_M] (U, M*d) -> head."""
 
     def __init__(self, *, modalities: tuple[str, ...], d: int, n_outputs: int, dropout: float) -> None:
@@ -286,7 +306,7 @@ class ConcatFusion(nn.Module):
         return ModelOutput(to_logits(self.head(fused.reshape(-1, fused.shape[-1])), batch), {"losses": {}})
 
 
-class LateFusion(nn.Module):
+class LateFusion(Fusion):
     """`late`: one head per modality; logits averaged with learned softmax weights over the
     present modalities (absent ones weigh exactly 0; a unit with none present uses all)."""
 
@@ -308,7 +328,7 @@ class LateFusion(nn.Module):
         return ModelOutput(to_logits(fused, batch), aux)
 
 
-class CoAttentionFusion(nn.Module):
+class CoAttentionFusion(Fusion):
     """`coattn`: pairwise cross-modal attention between the modalities' token sequences.
 
     u_a = tokens_a + mean_{b != a} Attn_ab(LN(tokens_a), LN(tokens_b)); u_a += MLP(LN(u_a));
@@ -363,21 +383,23 @@ class EarlyFusionEdNet(nn.Module):
     def __init__(self, *, inputs: dict[str, nn.Module], core: nn.Module, d: int, n_outputs: int, dropout: float,
                  modality_dropout: float) -> None:
         super().__init__()
+        head = Head(d_in=d, d=d, n_outputs=n_outputs, dropout=dropout)   # drawn first: same seed, same weights
         self.inputs = nn.ModuleDict(inputs)
         self.core = core
-        self.absent = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m in inputs})
-        self.head = Head(d_in=d, d=d, n_outputs=n_outputs, dropout=dropout)
+        self.absent = AbsentTokens(modalities=tuple(inputs), d=d)
+        self.head = head
         self.modality_dropout = modality_dropout
-        for token in self.absent.values():
-            nn.init.normal_(token, std=0.02)
+
+    def ablatable_streams(self) -> list[str]:
+        return []                                                   # one joint encoder: no stream of one modality
 
     def forward(self, batch: Batch, *, ablate: frozenset[str] = frozenset()) -> ModelOutput:
         present = effective_presence(batch, tuple(self.inputs), training=self.training, p=self.modality_dropout)
         query = memory = 0.0
         for m, view_of in self.inputs.items():
-            view, here = view_of(batch), present[m].unsqueeze(-1)                   # View (B, T, d) x2, (B, T, 1)
-            query = query + torch.where(here, view.query, self.absent[m])
-            memory = memory + torch.where(here, view.memory, self.absent[m])
+            view, here = view_of(batch), present[m]                                 # View (B, T, d) x2, (B, T)
+            query = query + self.absent.fill(m, view.query, here)
+            memory = memory + self.absent.fill(m, view.memory, here)
         one = View(query.unsqueeze(0), memory.unsqueeze(0))                          # a stack of one: (1, B, T, d) x2
         h = self.core(one, batch.context["response"], batch.context["bundle_group"], batch.valid)[0]   # (B, T, d)
         return ModelOutput(to_logits(self.head(h.reshape(-1, h.shape[-1])), batch), {"losses": {}})
@@ -393,21 +415,25 @@ class EarlyFusionOulad(nn.Module):
     def __init__(self, *, inputs: dict[str, nn.Module], core: nn.Module, d: int, n_outputs: int, dropout: float,
                  modality_dropout: float) -> None:
         super().__init__()
+        head = Head(d_in=d, d=d, n_outputs=n_outputs, dropout=dropout)   # drawn first: same seed, same weights
         self.inputs = nn.ModuleDict(inputs)
         self.core = core
         self.marker = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m in inputs})
-        self.absent = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m in inputs})
-        self.head = Head(d_in=d, d=d, n_outputs=n_outputs, dropout=dropout)
-        self.modality_dropout = modality_dropout
-        for token in [*self.marker.values(), *self.absent.values()]:
+        for token in self.marker.values():
             nn.init.normal_(token, std=0.02)
+        self.absent = AbsentTokens(modalities=tuple(inputs), d=d)
+        self.head = head
+        self.modality_dropout = modality_dropout
+
+    def ablatable_streams(self) -> list[str]:
+        return []                                                   # one joint encoder: no stream of one modality
 
     def forward(self, batch: Batch, *, ablate: frozenset[str] = frozenset()) -> ModelOutput:
         present = effective_presence(batch, tuple(self.inputs), training=self.training, p=self.modality_dropout)
         xs, masks = [], []
         for m, tokens_of in self.inputs.items():
             tokens, here = tokens_of(batch), present[m]                             # Tokens (B, L, d), (B,)
-            lead = torch.where(here.unsqueeze(-1), self.marker[m], self.absent[m]).unsqueeze(1)   # (B, 1, d)
+            lead = self.absent.fill(m, self.marker[m], here).unsqueeze(1)                  # (B, 1, d)
             xs += [lead, tokens.x + self.marker[m]]
             masks += [here.new_ones(here.shape[0], 1), tokens.mask & here.unsqueeze(1)]
         summary, _, _ = self.core(Tokens(torch.cat(xs, dim=1), torch.cat(masks, dim=1)))   # (B, d)

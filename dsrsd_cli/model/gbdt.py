@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.model.fusion import to_logits
@@ -140,6 +140,9 @@ class GBDTModel(nn.Module):
         self._row_of = _row_index(table.keys, self.spec.dataset)
 
     # ---------------------------------------------------------------- forward
+
+    def ablatable_streams(self) -> list[str]:
+        return []                                    # one booster on all features: no stream of one modality
 
     def forward(self, batch: Batch, *, ablate: frozenset[str] = frozenset()) -> ModelOutput:
         if self._table is None:

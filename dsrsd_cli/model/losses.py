@@ -156,8 +156,9 @@ def task_loss(logits: Tensor, target: Tensor, mask: Tensor, n_outputs: int) -> T
 def combine(task: Tensor, aux_losses: Mapping[str, Tensor], loss_cfg: LossConfig) -> tuple[Tensor, dict[str, float]]:
     """total = task + λ_align (infonce + μ regression) + λ_dec decorrelation + λ_orth orthogonality.
 
-    aux_losses: the model's aux["losses"] (unweighted; baselines give none). Returns the
-    total and its unweighted parts as floats (for logs), with "task" and "total".
+    aux_losses: the model's aux["losses"] (unweighted; baselines give none); loss_cfg: the
+    run's `loss` section (the weights; read nowhere else). Returns the total and its
+    unweighted parts as floats (for logs), with "task" and "total".
     """
     unknown = set(aux_losses) - set(AUX_LOSSES)
     if unknown:

@@ -1,0 +1,115 @@
+"""EdNet's worker processes: batches of learners parsed in parallel, results in order.
+
+A task is (learners, strict, display, (reader kind, root), contents folder): small and
+picklable. Each worker reads the contents from the Parquet files already written to the
+output folder and opens the raw source once (`MemberReader`), then runs `parse_batch`
+on each batch it gets. The output does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dsrsd_cli.data.archive import MemberReader
+from dsrsd_cli.data.ednet_batch import parse_batch
+from dsrsd_cli.data.ednet_contents import Contents
+from dsrsd_cli.errors import WorkFailed
+
+_CACHE: dict = {}  # per process: the contents and the open reader of the current run
+
+
+def _work(task: tuple) -> dict:
+    """One batch, in a worker process (or inline). The contents are read from the Parquet
+    files already written to the output folder, once per process."""
+    learners, strict, display, (kind, root), contents_dir = task
+    if _CACHE.get("key") != (kind, root, contents_dir):
+        _clear_cache()
+        contents = Contents.from_tables(pq.read_table(Path(contents_dir, "questions.parquet")),
+                                        pq.read_table(Path(contents_dir, "lectures.parquet")))
+        _CACHE.update(key=(kind, root, contents_dir), contents=contents, reader=MemberReader(kind, root))
+    return parse_batch(learners, _CACHE["contents"], _CACHE["reader"], strict=strict, display=display)
+
+
+def _clear_cache() -> None:
+    if "reader" in _CACHE:
+        _CACHE["reader"].close()
+    _CACHE.clear()
+
+
+def _init_worker(main_pid: int) -> None:
+    # one worker = one core: no extra pyarrow threads competing with the other workers
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+    threading.Thread(target=_exit_with, args=(main_pid,), daemon=True).start()
+
+
+def _exit_with(main_pid: int) -> None:
+    """A killed main process (SIGKILL) cannot stop its workers: they leave on their own."""
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(main_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+
+
+class Runner:
+    """Runs batches on worker processes (inline when workers == 1) and yields the results
+    in submission order, with at most `workers + 1` batches in flight so that results never
+    pile up. The workers start in a background thread, ready by the time the source is
+    listed; a worker that dies (e.g. killed for memory) fails the run instead of hanging it."""
+
+    def __init__(self, workers: int):
+        self.workers, self.pool, self.error = workers, None, None
+        self.starting = threading.Thread(target=self._start, daemon=True) if workers > 1 else None
+        if self.starting:
+            self.starting.start()
+
+    def _start(self) -> None:
+        try:
+            if "forkserver" in mp.get_all_start_methods():
+                context = mp.get_context("forkserver")
+                context.set_forkserver_preload([__name__])  # import once, fork the workers from it
+            else:
+                context = mp.get_context("spawn")
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
+                                            initargs=(os.getpid(),))
+            self.pool.submit(int).result()  # launches the processes now
+        except BaseException as e:  # re-raised by map()
+            self.error = e
+
+    def map(self, tasks: Iterable[tuple]):
+        if self.starting is None:
+            yield from map(_work, tasks)
+            return
+        self.starting.join()
+        if self.error is not None:
+            raise WorkFailed(f"could not start {self.workers} worker processes ({self.error}); try --workers 1")
+        pending: deque = deque()
+        try:
+            for task in tasks:
+                pending.append(self.pool.submit(_work, task))
+                if len(pending) > self.workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise WorkFailed("a worker process died (out of memory?); retry with fewer --workers") from None
+
+    def close(self, ok: bool) -> None:
+        if self.starting is not None:
+            self.starting.join()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=not ok)
+        _clear_cache()

@@ -94,10 +94,14 @@ def main() -> None:
         train, valid, test = features(dataset, data, overrides)
         for library, fit in (("lightgbm", fit_lightgbm), ("sklearn", fit_sklearn)):
             seconds = []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                trees, predict = fit(train, valid, args.threads)
-                seconds.append(time.perf_counter() - t0)
+            try:
+                for _ in range(args.repeats):
+                    t0 = time.perf_counter()
+                    trees, predict = fit(train, valid, args.threads)
+                    seconds.append(time.perf_counter() - t0)
+            except ValueError as e:   # e.g. scikit-learn's binning of a column that is missing on every row
+                print(f"{name:22} {library:10} {len(train.label):>9,} failed: {e}", flush=True)
+                continue
             v, t = roc_auc_score(valid.label, predict(valid.x)), roc_auc_score(test.label, predict(test.x))
             print(f"{name:22} {library:10} {len(train.label):>9,} {statistics.median(seconds):>15.2f} {trees:>6} {v:>10.4f} {t:>9.4f}", flush=True)
 

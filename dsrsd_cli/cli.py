@@ -1,6 +1,6 @@
 """The `dsrsd` command line. Each command parses its options, then calls one function.
 
-No logic lives here (DESIGN §8): errors raised as `DsrsdError` become one line on
+No logic lives here: errors raised as `DsrsdError` become one line on
 stderr with exit code 2 (bad input) or 1 (failure during work); `--debug` shows the
 traceback instead.
 """
@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from dsrsd_cli import __version__
 from dsrsd_cli.errors import DsrsdError
@@ -46,7 +47,7 @@ def _root(
 
 @app.command()
 def prepare(
-    dataset: Annotated[str, typer.Option(help="ednet or oulad.")],
+    dataset: Annotated[str, typer.Option(help="ednet, oulad, or riiid (Kaggle's Riiid train.csv, questions.csv, lectures.csv; prepared as ednet).")],
     raw: Annotated[Optional[Path], typer.Option(help="Raw files: a folder or a .zip/.tar.gz archive. Omit to use the built-in sample.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default data/<dataset>).")] = None,
     max_users: Annotated[Optional[int], typer.Option(min=1, help="EdNet: keep only the first N learners (sorted by id).")] = None,
@@ -59,7 +60,7 @@ def prepare(
     sample_strength: Annotated[Optional[list[str]], typer.Option(help="Built-in sample: signal a modality carries, e.g. behavior=3.0 (repeatable).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
 ) -> None:
-    """Turn raw logs into Parquet (DESIGN §3).
+    """Turn raw logs into Parquet (files, columns, splits: docs/data.md).
 
     Example: [bold]dsrsd prepare --dataset ednet --raw ~/EdNet-KT4.zip --workers 2[/bold]
     """
@@ -83,9 +84,10 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run folder.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Overrides train.seed.")] = None,
     nproc: Annotated[int, typer.Option(min=1, help="Processes for DDP (launches torchrun).")] = 1,
+    log: Annotated[Optional[str], typer.Option(help="Training curves: tensorboard (writes RUN_DIR/tensorboard/; needs dsrsd-cli\\[tensorboard]) or none. Sets train.log.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the final metrics as JSON on stdout.")] = False,
 ) -> None:
-    """Train a model from a preset; writes a run folder (DESIGN §7).
+    """Train a model from a preset; writes a run folder (layout: README.md, "Run folders").
 
     Example: [bold]dsrsd train --preset default --device cuda[/bold]
     """
@@ -93,7 +95,7 @@ def train(
 
     train_from_cli(
         preset=preset, model=model, data=data, device=device, overrides=list(set_ or []), out=out,
-        resume=resume, seed=seed, nproc=nproc, json_out=json_out, console=console,
+        resume=resume, seed=seed, nproc=nproc, json_out=json_out, console=console, log=log,
     )
 
 
@@ -222,7 +224,7 @@ def main() -> None:
             raise
         if os.environ.get("RANK", "0") != "0":  # under DDP, rank 0 alone speaks
             sys.exit(e.exit_code)
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)   # escape: "dsrsd-cli[tensorboard]" is not markup
         sys.exit(e.exit_code)
     except Exception as e:  # an unexpected failure: one line, the traceback behind --debug
         if _state["debug"]:

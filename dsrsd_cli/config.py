@@ -87,6 +87,7 @@ class TrainConfig(_Strict):
     max_steps_per_epoch: int | None = Field(None, ge=1)
     eval_batch_size: int | None = Field(None, ge=1)
     threads: int | None = Field(None, ge=1)   # torch CPU threads; None = torch default
+    log: Literal["none", "tensorboard"] = "none"   # training curves: "tensorboard" writes RUN_DIR/tensorboard/ (engine/tensorboard.py)
 
 
 class GBDTConfig(_Strict):
@@ -114,7 +115,8 @@ class RunConfig(_Strict):
 
 # Keys that never change a run's result: they may differ on --resume (engine/checkpoint.py),
 # between the runs of one model in `compare` and between the trials of one `tune` study.
-RESULT_FREE_KEYS = frozenset({"preset", "data.path", "data.num_workers", "train.device", "train.threads", "train.eval_batch_size"})
+RESULT_FREE_KEYS = frozenset({"preset", "data.path", "data.num_workers", "train.device", "train.threads", "train.eval_batch_size",
+                              "train.log"})
 
 
 def flat_keys(cfg: RunConfig) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Errors the command line turns into one clear line and an exit code (DESIGN §8).
+"""Errors the command line turns into one clear line and an exit code.
 
 Raise `BadInput` for anything the user can fix (bad file, bad option, bad config):
 exit code 2. Raise `WorkFailed` for a failure during otherwise valid work (e.g. a

@@ -1,10 +1,10 @@
-"""Batch, DataSpec and ModelOutput: the seam between the loader, the models and the engine (DESIGN §5).
+"""Batch, DataSpec and ModelOutput: the seam between the loader, the models and the engine (docs/data.md#from-parquet-to-batches).
 
 Tensor keys per dataset (B = batch rows, T = window length <= max_len):
 
 EdNet (one row = one window of one learner's history; 0 = padding everywhere)
   context   response      (B, T) long   0/1 correctness of step t (encoders may use it
-                                        only for steps of EARLIER bundles: §6)
+                                        only for steps of EARLIER bundles: docs/leakage.md)
             bundle_group  (B, T) long   1, 2, ... per bundle inside the window (0 = pad);
                                         questions of one bundle share the id
   item      question      (B, T) long   dense question index
@@ -23,7 +23,7 @@ EdNet (one row = one window of one learner's history; 0 = padding everywhere)
 
 OULAD (one row = one student x module presentation, features cut at the cutoff day)
   demographics  cat          (B, C) long   per-column dense codes (0 unknown); sizes in spec.cat_sizes
-                num          (B, N) float  standardised numeric columns
+                num          (B, N) float  numeric columns divided by fixed scales (attempts, credits / 60, date_registration / 100)
                 num_present  (B, N) bool
   clicks        weeks        (B, W, A) float  log1p(clicks) per week x activity type (A = spec.dims["clicks.types"])
                 week_mask    (B, W) bool   weeks that lie before the cutoff

@@ -1,5 +1,5 @@
 """Every registered model on fake batches of both datasets: shapes, gradients, absent
-modalities, DSRSD gates and auxiliary losses, and the EdNet leakage rules (DESIGN §6)."""
+modalities, DSRSD gates and auxiliary losses, and the EdNet leakage rules (docs/leakage.md)."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ from rich.console import Console
 from dsrsd_cli.data.ednet_batch import parse_kt1, parse_kt4
 from dsrsd_cli.data.ednet_contents import parse_contents
 from dsrsd_cli.data.ednet_format import SOURCE_NAMES
+from dsrsd_cli.data.ednet_rows import FileGroup
 from dsrsd_cli.engine.prepare import prepare_ednet
 from dsrsd_cli.data.schema import EDNET_INTERACTIONS, EDNET_LECTURES, EDNET_QUESTIONS, EDNET_SPLITS
 from dsrsd_cli.errors import BadInput
@@ -190,8 +191,17 @@ BAD_CASES = {
                        r"KT1/u2\.csv, line 1: missing column\(s\) elapsed_time"),
     "wrong type": ("bad_value", KT1_HEADER + "1000,1,q1,b,5000\n2000,2,q2,a,abc\n", 1,
                    r"KT1/u2\.csv, line 3, column 'elapsed_time': 'abc' is not an integer"),
-    "not utf-8": ("not_utf8", KT1_HEADER.encode() + b"1000,1,q1,b,5000\n2000,2,q\xff2,a,5000\n", 0,
+    # one byte that is not UTF-8 costs its row only: line 2 of u2 is kept
+    "not utf-8": ("not_utf8", KT1_HEADER.encode() + b"1000,1,q1,b,5000\n2000,2,q\xff2,a,5000\n", 1,
                   r"KT1/u2\.csv, line 3, column 'question_id': not UTF-8"),
+    "not utf-8 in an integer": ("not_utf8", KT1_HEADER.encode() + b"1000,1,q1,b,5\xe9000\n2000,2,q2,a,5000\n", 1,
+                                r"KT1/u2\.csv, line 2, column 'elapsed_time': not UTF-8"),
+    "header not utf-8": ("bad_header", b"timestamp,solving_id,question_id,user_\xffanswer,elapsed_time\n1000,1,q1,b,5000\n",
+                         0, r"KT1/u2\.csv, line 1: header is not UTF-8"),
+    "missing field": ("wrong_field_count", KT1_HEADER + "1000,1,q1,b,5000\n2000,2,q2,a\n20000,3,q3,b,3000\n", 2,
+                      r"KT1/u2\.csv, line 3, column 'elapsed_time': expected 5 comma-separated fields, found 4"),
+    "extra field": ("wrong_field_count", KT1_HEADER + "1000,1,q1,b,5000,7\n2000,2,q2,a,5000\n", 1,
+                    r"KT1/u2\.csv, line 2, column 'elapsed_time': expected 5 comma-separated fields, found 6"),
     "empty file": ("empty_file", b"", 0, r"KT1/u2\.csv, line 1: empty file"),
     "unknown question": ("unknown_question", KT1_HEADER + "1000,1,q1,b,5000\n2000,2,q99999,a,5000\n", 1,
                          r"KT1/u2\.csv, line 3, column 'question_id'"),
@@ -213,6 +223,110 @@ def test_bad_input_dropped_or_strict(tmp_path, case):
     frame = pq.read_table(tmp_path / "out" / "interactions.parquet").to_pandas()
     assert (frame["user"] == "u1").sum() == 3 and (frame["user"] == "u2").sum() == kept
     with pytest.raises(BadInput, match=location):
+        prepare_ednet(raw, tmp_path / "strict", workers=1, strict=True)
+    assert not (tmp_path / "strict").exists()
+
+
+def _with_bad_byte(path: Path, line: int, column: str) -> bytes:
+    """The file's bytes with 0xFF (never UTF-8) put in the middle of `column` on `line` (1-based)."""
+    lines = path.read_bytes().split(b"\n")
+    fields = lines[line - 1].split(b",")
+    j = lines[0].decode().split(",").index(column)
+    half = len(fields[j]) // 2
+    fields[j] = fields[j][:half] + b"\xff" + fields[j][half:]
+    lines[line - 1] = b",".join(fields)
+    return b"\n".join(lines)
+
+
+@pytest.mark.parametrize("column", ["question_id", "user_answer", "elapsed_time", "timestamp"])
+def test_one_bad_byte_in_a_kt1_file_costs_one_answer(contents, column):
+    # KT1/u1.csv line 101: 1566219216118,90,q8482,a,33000 (the only row of solving_id 90)
+    rows = parse_kt1(_with_bad_byte(FIX / "KT1" / "u1.csv", 101, column), "u1", contents)
+    assert len(rows) == 1_081 and rows.attrs["dropped"] == {"not_utf8": 1}
+    full = parse_kt1((FIX / "KT1" / "u1.csv").read_bytes(), "u1", contents)
+    assert 1566219216118 in set(full["timestamp"])
+    assert sorted(rows["timestamp"]) == sorted(t for t in full["timestamp"] if t != 1566219216118)
+
+
+def test_a_bad_byte_keeps_the_fast_path(contents, monkeypatch):
+    # only the bad line is found line by line; the rest is parsed by pyarrow as usual
+    monkeypatch.setattr(FileGroup, "_parse_slow", lambda *a, **k: pytest.fail("line-by-line parse of the whole group"))
+    rows = parse_kt1(_with_bad_byte(FIX / "KT1" / "u1.csv", 101, "question_id"), "u1", contents)
+    assert len(rows) == 1_081 and rows.attrs["dropped"] == {"not_utf8": 1}
+
+
+def test_one_bad_byte_in_a_kt4_file_costs_one_action(contents):
+    # KT4/u1.csv line 2287: 1569331846688,play_audio,b5536,0,sprint,,mobile (see test_hand_checked_kt4_question)
+    rows = parse_kt4(_with_bad_byte(FIX / "KT4" / "u1.csv", 2287, "source"), "u1", contents)
+    assert len(rows) == 504                                             # every answer kept
+    assert rows.attrs["dropped"] == {"not_utf8": 1, "duplicate_row": 1}
+    row = rows[rows["timestamp"] == 1569331846211].iloc[0]
+    assert (row["question"], row["correct"], row["answer_changes"]) == (8065, 1, 2)
+    assert row["media_plays"] == 0                                      # the dropped play_audio
+
+
+def test_bad_bytes_in_kt1_and_kt4_files_through_prepare(tmp_path):
+    kt1 = _with_bad_byte(FIX / "KT1" / "u1.csv", 101, "question_id")
+    kt4 = _with_bad_byte(FIX / "KT4" / "u1.csv", 2287, "source")
+    raw = _raw(tmp_path, {"KT1/u1.csv": kt1, "KT4/u2.csv": kt4}, n_questions=13_169)
+    console = Console(file=io.StringIO(), width=200)
+    manifest = prepare_ednet(raw, tmp_path / "out", workers=1, console=console)
+    assert manifest["dropped"] == {"not_utf8": 2, "duplicate_row": 1}
+    assert manifest["dropped_first"]["not_utf8"].endswith("KT1/u1.csv, line 101, column 'question_id': "
+                                                          "not UTF-8 text; re-export the file as UTF-8")
+    assert manifest["rows_in"] == 1_082 + 3_995                         # data lines of the two files
+    frame = pq.read_table(tmp_path / "out" / "interactions.parquet").to_pandas()
+    assert (frame["user"] == "u1").sum() == 1_081 and (frame["user"] == "u2").sum() == 504
+    shown = console.file.getvalue()
+    assert "rows dropped" in shown and "not_utf8" in shown                # the console's table
+    with pytest.raises(BadInput, match=r"KT1/u1\.csv, line 101, column 'question_id': not UTF-8"):
+        prepare_ednet(raw, tmp_path / "strict", workers=1, strict=True)
+    assert not (tmp_path / "strict").exists()
+    res = subprocess.run([sys.executable, "-m", "dsrsd_cli", "prepare", "--dataset", "ednet", "--raw", str(raw),
+                          "--out", str(tmp_path / "cli"), "--strict"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "KT1/u1.csv, line 101, column 'question_id': not UTF-8" in res.stderr
+    assert not (tmp_path / "cli").exists()
+
+
+def test_bad_bytes_and_a_short_row_in_one_file(tmp_path):
+    text = KT1_HEADER.encode() + b"1000,1,q1,b,5000\n2000,2,q\xff2,a,5000\n9000,3,q3\n20000,4,q4,b,3000\n"
+    raw = _raw(tmp_path, {"KT1/u1.csv": GOOD, "KT1/u2.csv": text})
+    manifest = prepare_ednet(raw, tmp_path / "out", workers=1)
+    assert manifest["dropped"] == {"not_utf8": 1, "wrong_field_count": 1}
+    rows = pq.read_table(tmp_path / "out" / "interactions.parquet").to_pandas()
+    assert rows.loc[rows["user"] == "u2", "question"].tolist() == [1, 4]  # lines 2 and 5
+    assert (rows["user"] == "u1").sum() == 3
+    with pytest.raises(BadInput, match=r"KT1/u2\.csv, line 3, column 'question_id': not UTF-8"):
+        prepare_ednet(raw, tmp_path / "strict", workers=1, strict=True)
+
+
+@pytest.mark.parametrize("short_row", [False, True])
+def test_bad_bytes_in_a_column_not_read_are_ignored(tmp_path, short_row):
+    # an extra column is not read (by pyarrow nor by the line-by-line path): its bytes do not matter
+    text = (KT1_HEADER.rstrip("\n") + ",note\n").encode() + b"1000,1,q1,b,5000,caf\xe9\n9000,2,q2,c,4000,x\n"
+    raw = _raw(tmp_path, {"KT1/u1.csv": text + (b"9500,3,q3\n" if short_row else b"")})
+    manifest = prepare_ednet(raw, tmp_path / "out", workers=1)
+    assert manifest["dropped"] == ({"wrong_field_count": 1} if short_row else {})
+    assert manifest["rows_out"] == 2
+
+
+def test_a_bad_row_in_the_contents_files_costs_that_row(tmp_path):
+    raw = _raw(tmp_path, {"KT1/u1.csv": GOOD})
+    questions = raw / "contents" / "questions.csv"
+    questions.write_bytes(_with_bad_byte(questions, 151, "tags"))          # line 151: q150,...,5;2;182,...
+    lectures = raw / "contents" / "lectures.csv"
+    lines = lectures.read_bytes().split(b"\n")
+    lines[2] = lines[2].rsplit(b",", 1)[0]                                 # line 3 (l592): deployed_at missing
+    lectures.write_bytes(b"\n".join(lines))
+    manifest = prepare_ednet(raw, tmp_path / "out", workers=1)
+    assert manifest["dropped"] == {"not_utf8": 1, "wrong_field_count": 1}
+    q = pq.read_table(tmp_path / "out" / "questions.parquet")["question_id"].to_pylist()
+    lec = pq.read_table(tmp_path / "out" / "lectures.parquet")["lecture_id"].to_pylist()
+    assert len(q) == 199 and "q150" not in q and "q151" in q
+    assert len(lec) == 1_020 and "l592" not in lec and lec[:2] == ["l520", "l1259"]
+    assert manifest["rows_out"] == 3
+    # strict: the earliest problem of the first file (questions.csv), not the first by name
+    with pytest.raises(BadInput, match=r"questions\.csv, line 151, column 'tags': not UTF-8"):
         prepare_ednet(raw, tmp_path / "strict", workers=1, strict=True)
     assert not (tmp_path / "strict").exists()
 

@@ -300,6 +300,9 @@ BAD_ROWS = [  # edit, file, line, column named by --strict, reason counted by de
     (repeat_line("studentInfo.csv", 3, at=30), "studentInfo.csv", 30, "code_module,code_presentation,id_student",
      "code_module,code_presentation,id_student repeats the key of an earlier row"),
     (extra_field("studentVle.csv", 45), "studentVle.csv", 45, "sum_click", "row has the wrong number of fields"),
+    (replace("studentVle.csv", 46, "id_site", b"7\xff"), "studentVle.csv", 46, "id_site", "id_site is not valid UTF-8"),
+    (replace("studentAssessment.csv", 15, "id_student", b"\xc3"), "studentAssessment.csv", 15, "id_student",
+     "id_student is not valid UTF-8"),
 ]
 
 
@@ -318,6 +321,44 @@ def test_a_bad_row_is_dropped_and_counted_or_strict_names_it(mini, mini_prepared
     message = str(err.value)
     assert f"{file}, line {line}, column {column}: {reason}" in message and "--strict" in message
     assert "\n" not in message
+    assert not (tmp_path / "strict").exists()
+
+
+def drop_last_field(file: str, line: int):
+    def edit(raw: Path) -> None:
+        lines = (raw / file).read_bytes().split(b"\n")
+        lines[line - 1] = lines[line - 1].rsplit(b",", 1)[0]
+        (raw / file).write_bytes(b"\n".join(lines))
+    return edit
+
+
+def test_a_bad_byte_or_a_short_row_costs_that_row_only(mini, mini_prepared, tmp_path):
+    raw = copy_raw(mini, tmp_path)
+    _, clicks_in = rows_of(raw / "studentVle.csv")
+    _, submissions_in = rows_of(raw / "studentAssessment.csv")
+    set_field(raw / "studentVle.csv", 40, "code_module", b"AA\xffA")            # not UTF-8
+    drop_last_field("studentVle.csv", 50)(raw)                                   # sum_click missing
+    set_field(raw / "studentAssessment.csv", 9, "score", b"7\xe98")              # not UTF-8 (latin-1 e-acute)
+    drop_last_field("studentAssessment.csv", 12)(raw)                            # score missing
+    shown = io.StringIO()
+    manifest = prepare_oulad(raw, tmp_path / "out", console=Console(file=shown, width=200))
+    assert manifest["dropped"] == {
+        "studentVle.csv: code_module is not valid UTF-8": 1,
+        "studentVle.csv: row has the wrong number of fields": 1,
+        "studentAssessment.csv: score is not valid UTF-8": 1,
+        "studentAssessment.csv: row has the wrong number of fields": 1,
+    }
+    assert "studentVle.csv: code_module is not valid UTF-8" in shown.getvalue()   # the rows-dropped table
+    assert manifest["rows_in"] == mini_prepared[1]["rows_in"]                     # every line read and counted
+    # every other row is kept: the clicks lose exactly lines 40 and 50, the submissions lines 9 and 12
+    before = read(mini_prepared[0], "clicks.parquet")["clicks"].sum()
+    lost = int(clicks_in[40 - 2][5]) + int(clicks_in[50 - 2][5])
+    assert read(tmp_path / "out", "clicks.parquet")["clicks"].sum() == before - lost
+    submitted = read(tmp_path / "out", "assessments.parquet")["submitted_day"].notna().sum()
+    assert submitted == len(submissions_in) - 2
+    with pytest.raises(BadInput) as err:
+        prepare_oulad(raw, tmp_path / "strict", strict=True)
+    assert "studentAssessment.csv, line 9, column score: score is not valid UTF-8" in str(err.value)
     assert not (tmp_path / "strict").exists()
 
 

@@ -1,4 +1,4 @@
-"""A run folder is untrusted input: loading one never runs pickled code (DESIGN §7)."""
+"""A run folder is untrusted input: loading one never runs pickled code (README "Run folders")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Raw EdNet (KT1..KT4 + contents) -> Parquet (DESIGN §2-§3).
+"""Raw EdNet (KT1..KT4 + contents) -> Parquet (docs/data.md).
 
 EdNet ships one CSV per learner (u123.csv) in up to four folders of growing richness:
 KT1 lists answered questions (timestamp, solving_id, question_id, user_answer,
@@ -37,10 +37,11 @@ unmatched KT1 bundle stays a KT1 row. kt_level says which level a row's features
 
 Bad input is dropped and counted per reason in manifest "dropped" (with, in
 "dropped_first", where each reason was first seen), or with strict raised as BadInput
-naming file, line and column: bad_header, empty_file, not_utf8 (whole files); bad_value,
-negative_time, unknown_question, unknown_lecture, duplicate_row (rows); duplicate_file,
-unsafe_path (members). Bundles submitted without an answer, or never submitted, are
-normal and counted in "skipped".
+naming file, line and column: bad_header, empty_file (whole files); not_utf8,
+wrong_field_count, bad_value, negative_time, unknown_question, unknown_lecture,
+duplicate_row (rows: the file's other rows are kept); duplicate_file, unsafe_path
+(members). Bundles submitted without an answer, or never submitted, are normal and
+counted in "skipped".
 
 Modules (each one concept, read in this order):
     archive.py          listing the raw source, reading members in place (folder, zip, tar)
@@ -102,7 +103,7 @@ def prepare_ednet(
     batch_size: int | None = None,
 ) -> dict:
     """Raw EdNet (a folder, .zip or .tar.gz as distributed) -> the prepared folder `out`
-    (DESIGN §3): interactions, questions, lectures, splits (.parquet) and manifest.json.
+    (docs/data.md): interactions, questions, lectures, splits (.parquet) and manifest.json.
     Returns the manifest, whose "dropped", "dropped_first" and "kt1_merge" say what was
     dropped and merged. `progress(done, total)` is called with the learners parsed so far;
     `batch_size` (learners per batch) is for tests and tuning. Prints nothing."""

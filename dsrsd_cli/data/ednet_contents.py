@@ -25,6 +25,7 @@ from dsrsd_cli.data.ednet_format import (
     EXPLANATION,
     INT_TEXT,
     LECTURE,
+    NOT_UTF8,
     QUESTION,
     Codebook,
     Drops,
@@ -87,19 +88,34 @@ class Contents:
         )
 
 
-def _read_table_csv(data: bytes, name: str, required: tuple[str, ...]) -> tuple[list[str], Iterable[tuple[int, list[str]]]]:
+def _read_table_csv(data: bytes, name: str, required: tuple[str, ...], drops: Drops, file_no: int
+                    ) -> tuple[list[str], Iterable[tuple[int, list[str]]]]:
+    """(header, (line, fields) of each non-blank row). A row that is not UTF-8 is dropped and
+    counted (not_utf8), the others kept; a header that is not UTF-8 or lacks a column raises."""
+    head, _, body = data.removeprefix(b"\xef\xbb\xbf").partition(b"\n")
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise BadInput(f"{location(name, line)}: not UTF-8 text; re-export the file as UTF-8") from None
-    rows = csv.reader(io.StringIO(text))
-    header = [h.strip() for h in next(rows, [])]
+        header = [h.strip() for h in next(csv.reader([head.decode("utf-8").rstrip("\r")]), [])]
+    except UnicodeDecodeError:
+        raise BadInput(f"{location(name, 1)}: the header is not UTF-8 text; re-export the file as UTF-8") from None
     missing = [c for c in required if c not in header]
     if not header or missing:
         raise BadInput(f"{location(name, 1)}: missing column(s) {', '.join(missing or required)} (found: "
                        f"{', '.join(header) or 'an empty file'}); use the EdNet contents file as distributed")
-    return header, ((i + 2, r) for i, r in enumerate(rows) if r)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:  # find the bad lines (rare): each one blanked, dropped and counted
+        lines = body.split(b"\n")
+        for i, raw in enumerate(lines):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                fields = next(csv.reader([raw.decode("utf-8", "surrogateescape")]), [""])
+                j = next((j for j, v in enumerate(fields) if NOT_UTF8.search(v)), 0)
+                drops.add("not_utf8", location(name, i + 2, header[min(j, len(header) - 1)]),
+                          "not UTF-8 text; re-export the file as UTF-8", at=(file_no, i + 2))
+                lines[i] = b""  # a blank line: the other lines keep their numbers
+        text = b"\n".join(lines).decode("utf-8")
+    return header, ((i + 2, r) for i, r in enumerate(csv.reader(io.StringIO(text))) if r)
 
 
 def _int_field(value: str, name: str, line: int, column: str) -> int:
@@ -121,14 +137,16 @@ def parse_contents(questions_csv: bytes, lectures_csv: bytes | None = None, *, d
     drops = drops if drops is not None else Drops()
     qname, lname = names
     q_cols = ("question_id", "bundle_id", "explanation_id", "correct_answer", "part", "tags", "deployed_at")
-    header, rows = _read_table_csv(questions_csv, qname, q_cols)
+    header, rows = _read_table_csv(questions_csv, qname, q_cols, drops, 0)
     col = {c: header.index(c) for c in q_cols}
     questions: list[tuple] = []
     seen: set[str] = set()
     for line, r in rows:
         try:
             if len(r) != len(header):
-                raise ValueError(location(qname, line), f"expected {len(header)} fields, found {len(r)}")
+                drops.add("wrong_field_count", location(qname, line, header[min(len(r), len(header) - 1)]),
+                          f"expected {len(header)} fields, found {len(r)}", at=(0, line))
+                continue
             qid, bid, eid, answer = (r[col[c]].strip() for c in q_cols[:4])
             for c, v in (("question_id", qid), ("bundle_id", bid), ("explanation_id", eid)):
                 if not v:
@@ -141,10 +159,10 @@ def parse_contents(questions_csv: bytes, lectures_csv: bytes | None = None, *, d
             tags = _tag_list(r[col["tags"]], qname, line, "tags")
             deployed = _int_field(r[col["deployed_at"]], qname, line, "deployed_at")
         except ValueError as e:
-            drops.add("bad_value", *e.args)
+            drops.add("bad_value", *e.args, at=(0, line))
             continue
         if qid in seen:
-            drops.add("duplicate_row", location(qname, line, "question_id"), f"question {qid} listed twice")
+            drops.add("duplicate_row", location(qname, line, "question_id"), f"question {qid} listed twice", at=(0, line))
             continue
         seen.add(qid)
         questions.append((qid, bid, eid, answer, part, tags, None if deployed == -1 else deployed))
@@ -154,13 +172,15 @@ def parse_contents(questions_csv: bytes, lectures_csv: bytes | None = None, *, d
     lectures: list[tuple] = []
     if lectures_csv is not None:
         l_cols = ("lecture_id", "part", "tags", "video_length")
-        header, rows = _read_table_csv(lectures_csv, lname, l_cols)
+        header, rows = _read_table_csv(lectures_csv, lname, l_cols, drops, 1)
         col = {c: header.index(c) for c in l_cols}
         seen = set()
         for line, r in rows:
             try:
                 if len(r) != len(header):
-                    raise ValueError(location(lname, line), f"expected {len(header)} fields, found {len(r)}")
+                    drops.add("wrong_field_count", location(lname, line, header[min(len(r), len(header) - 1)]),
+                              f"expected {len(header)} fields, found {len(r)}", at=(1, line))
+                    continue
                 lid = r[col["lecture_id"]].strip()
                 if not lid:
                     raise ValueError(location(lname, line, "lecture_id"), "empty id")
@@ -168,10 +188,11 @@ def parse_contents(questions_csv: bytes, lectures_csv: bytes | None = None, *, d
                 tags = _tag_list(r[col["tags"]], lname, line, "tags")
                 video = _int_field(r[col["video_length"]], lname, line, "video_length")
             except ValueError as e:
-                drops.add("bad_value", *e.args)
+                drops.add("bad_value", *e.args, at=(1, line))
                 continue
             if lid in seen:
-                drops.add("duplicate_row", location(lname, line, "lecture_id"), f"lecture {lid} listed twice")
+                drops.add("duplicate_row", location(lname, line, "lecture_id"), f"lecture {lid} listed twice",
+                          at=(1, line))
                 continue
             seen.add(lid)
             lectures.append((lid, part if 0 <= part <= 7 else 0, tags, None if video < 0 else video))

@@ -42,6 +42,7 @@ KIND_CODES = {"b": 1, "q": 2, "e": 3, "l": 4}  # bundle, question, explanation, 
 BUNDLE, QUESTION, EXPLANATION, LECTURE = 1, 2, 3, 4
 
 INT_TEXT = re.compile(r"-?[0-9]{1,18}")
+NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, as decode(errors="surrogateescape") gives them
 NULL = -1  # sentinel of the nullable integer features while they are computed
 MAX_TIMESTAMP = 1 << 42  # ms since 1970: year 2109; keeps (key << 43 | time) searches in int64
 

@@ -2,8 +2,9 @@
 
 A learner file's header says its format: KT1 (answers) or an action log (KT2..KT4), the
 level coming from its folder (KT1..KT4) or else from its columns. Files of one header are
-parsed together (`FileGroup`: one pyarrow.csv call on the concatenated bodies; a
-malformed group is re-read line by line to find its bad lines). The rows become numpy
+parsed together (`FileGroup`: one pyarrow.csv call on the concatenated bodies; if it
+fails, lines that are not UTF-8 are dropped and the rest parsed again, and a group still
+malformed is re-read line by line to find its bad lines). The rows become numpy
 columns with their learner, file and line (`Parsed`), and are checked column by column:
 a bad row is dropped and counted in the batch's `Drops` (with strict, the earliest bad
 line is raised). What the rows mean (the features): ednet_interactions.py.
@@ -11,6 +12,7 @@ line is raised). What the rows mean (the features): ednet_interactions.py.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections import Counter
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from dsrsd_cli.data.ednet_format import (
     KT4_EXTRA,
     LECTURE,
     MAX_TIMESTAMP,
+    NOT_UTF8,
     NULL,
     OTHER,
     PLATFORMS,
@@ -58,7 +61,7 @@ def file_format(header: bytes, folder_level: int) -> tuple:
     try:
         columns = tuple(c.strip() for c in header.decode("utf-8").rstrip("\r").split(","))
     except UnicodeDecodeError:
-        return "not_utf8", "header is not UTF-8 text (whole file dropped)"
+        return "bad_header", "header is not UTF-8 text (whole file dropped); re-export the file as UTF-8"
     is_kt1 = folder_level == 1 or (folder_level == 0 and "solving_id" in columns)
     required = KT1_COLUMNS if is_kt1 else ACTION_COLUMNS
     missing = [c for c in required if c not in columns]
@@ -90,14 +93,30 @@ class FileGroup:
         bodies = [b if b.endswith(b"\n") else b + b"\n" for _, _, b in self.files]
         counts = np.array([b.count(b"\n") for b in bodies], dtype=np.int64)
         batch.rows_in += int(counts.sum())
-        try:
-            table = self._read(b"".join(bodies), wanted)
-            if table.num_rows != counts.sum():
-                raise ValueError("blank or split lines")
+        with contextlib.suppress(pa.ArrowInvalid, ValueError):
+            return self._parse_fast(bodies, [None] * len(bodies), wanted, counts)
+        # not UTF-8 (rare): drop those lines only, then the fast path again on the rest
+        bodies, line_maps = self._drop_bad_utf8(bodies, batch.names, wanted, batch.drops)
+        if any(m is not None for m in line_maps):
+            with contextlib.suppress(pa.ArrowInvalid, ValueError):
+                return self._parse_fast(bodies, line_maps, wanted)
+        return self._parse_slow(bodies, line_maps, batch.names, wanted, batch.drops)
+
+    def _parse_fast(self, bodies: list[bytes], line_maps: list, wanted: tuple[str, ...], counts=None):
+        """One pyarrow call on all bodies; raises if any line does not parse. line_maps:
+        per file, None (line i of the body is line i + 2 of the file) or the line numbers."""
+        if counts is None:
+            counts = np.array([b.count(b"\n") for b in bodies], dtype=np.int64)
+        total = int(counts.sum())
+        table = self._read(b"".join(bodies), wanted) if total else self._empty(wanted)
+        if table.num_rows != total:
+            raise ValueError("blank or split lines")
+        if all(m is None for m in line_maps):
             starts = np.repeat(np.cumsum(counts) - counts, counts)
-            line = np.arange(counts.sum(), dtype=np.int64) - starts + 2
-        except (pa.ArrowInvalid, ValueError):
-            return self._parse_slow(batch.names, wanted, batch.drops)
+            line = np.arange(total, dtype=np.int64) - starts + 2
+        else:
+            line = np.concatenate([np.arange(2, n + 2, dtype=np.int64) if m is None else m
+                                   for m, n in zip(line_maps, counts)])
         file = np.repeat([f for f, _, _ in self.files], counts).astype(np.int32)
         user = np.repeat([u for _, u, _ in self.files], counts).astype(np.int32)
         return table, file, user, line
@@ -113,46 +132,77 @@ class FileGroup:
             ),
         )
 
-    def _parse_slow(self, names: list[str], wanted: tuple[str, ...], drops: Drops):
-        """Some file of the group is malformed: find its bad lines (and undecodable files)
-        one by one, then parse the clean lines (which cannot fail)."""
+    @staticmethod
+    def _empty(wanted: tuple[str, ...]) -> pa.Table:
+        return pa.table({c: pa.array([], CSV_TYPES[c]) for c in wanted})
+
+    def _drop_bad_utf8(self, bodies: list[bytes], names: list[str], wanted: tuple[str, ...], drops: Drops):
+        """Bodies without their lines that are not UTF-8 in a column read, each such line
+        dropped and counted (not_utf8); the other lines and bodies are kept as they are.
+        Returns (bodies, line maps): a changed body's map holds its lines' numbers."""
+        n_cols = len(self.columns)
+        read_at = [j for j, c in enumerate(self.columns) if c in wanted]
+        out, maps = [], []
+        for (f, _, _), body in zip(self.files, bodies):
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+            else:
+                out.append(body)
+                maps.append(None)
+                continue
+            kept, numbers = [], []
+            for i, raw in enumerate(body[:-1].split(b"\n")):  # bodies end with a line break
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    fields = raw.decode("utf-8", "surrogateescape").split(",")
+                    bad = [j for j, v in enumerate(fields) if NOT_UTF8.search(v)]
+                    hit = [j for j in bad if j in read_at] if len(fields) == n_cols else bad
+                    if hit:  # (bad bytes in a column that is not read are ignored, as by pyarrow)
+                        line, column = i + 2, self.columns[min(hit[0], n_cols - 1)]
+                        drops.add("not_utf8", location(names[f], line, column),
+                                  "not UTF-8 text; re-export the file as UTF-8", at=(f, line))
+                        continue
+                kept.append(raw)
+                numbers.append(i + 2)
+            out.append(b"".join(r + b"\n" for r in kept))
+            maps.append(np.array(numbers, np.int64))
+        return out, maps
+
+    def _parse_slow(self, bodies: list[bytes], line_maps: list, names: list[str], wanted: tuple[str, ...],
+                    drops: Drops):
+        """Some line of the group does not parse: find the bad lines one by one (wrong
+        number of fields, not an integer), then parse the clean lines (which cannot fail)."""
         n_cols = len(self.columns)
         int_at = [i for i, c in enumerate(self.columns) if c in INT_COLUMNS and c in wanted]
         kept, files, users, lines = [], [], [], []
-        for f, u, body in self.files:
-            try:
-                text = body.decode("utf-8")
-            except UnicodeDecodeError as e:
-                line_start = body.rfind(b"\n", 0, e.start) + 1
-                column = self.columns[min(body[line_start : e.start].count(b","), n_cols - 1)]
-                line = body[: e.start].count(b"\n") + 2
-                drops.add("not_utf8", location(names[f], line, column),
-                          "not UTF-8 text (whole file dropped); re-export it as UTF-8", at=(f, line))
-                continue
+        for (f, u, _), body, line_map in zip(self.files, bodies, line_maps):
+            text = body.decode("utf-8", "surrogateescape")  # what is left undecodable is not read
             for i, row in enumerate(text.split("\n")):
                 row = row[:-1] if row.endswith("\r") else row
                 if not row.strip():
                     continue
-                line, fields = i + 2, row.split(",")
+                line, fields = (i + 2 if line_map is None else int(line_map[i])), row.split(",")
                 problem = None
                 if len(fields) != n_cols or "\r" in row:
-                    column = self.columns[min(len(fields), n_cols) - 1]
-                    problem = (column, f"expected {n_cols} comma-separated fields, found {len(fields)}")
+                    column = self.columns[min(len(fields), n_cols - 1)]
+                    problem = ("wrong_field_count", column, f"expected {n_cols} comma-separated fields, found {len(fields)}")
                 else:
                     for j in int_at:
                         if fields[j] and not INT_TEXT.fullmatch(fields[j]):
-                            problem = (self.columns[j], f"{fields[j]!r} is not an integer")
+                            problem = ("bad_value", self.columns[j], f"{fields[j]!r} is not an integer")
                             break
                 if problem:
-                    drops.add("bad_value", location(names[f], line, problem[0]), problem[1], at=(f, line))
+                    drops.add(problem[0], location(names[f], line, problem[1]), problem[2], at=(f, line))
                     continue
                 kept.append(row)
                 files.append(f)
                 users.append(u)
                 lines.append(line)
-        table = self._read(("\n".join(kept) + "\n").encode() if kept else b"", wanted) if kept else None
-        if table is None:
-            table = pa.table({c: pa.array([], CSV_TYPES[c]) for c in wanted})
+        table = (self._read(("\n".join(kept) + "\n").encode("utf-8", "surrogateescape"), wanted) if kept
+                 else self._empty(wanted))
         return table, np.array(files, np.int32), np.array(users, np.int32), np.array(lines, np.int64)
 
 

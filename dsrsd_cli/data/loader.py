@@ -1,4 +1,4 @@
-"""Prepared Parquet -> batches (DESIGN §5, §6): the dispatch to each dataset's module.
+"""Prepared Parquet -> batches (docs/data.md, docs/leakage.md): the dispatch to each dataset's module.
 
     prepared = open_prepared("data/ednet")            # checks manifest + every file's columns
     spec = make_spec(prepared, cfg.data)              # sizes the model

@@ -1,4 +1,4 @@
-"""`dsrsd prepare --dataset oulad`: the seven OULAD CSVs to Parquet (DESIGN §2-§3).
+"""`dsrsd prepare --dataset oulad`: the seven OULAD CSVs to Parquet (docs/data.md).
 
     courses, assessments, vle, studentInfo, studentRegistration, studentAssessment, studentVle
       -> registrations.parquet  studentInfo + registration dates + module length

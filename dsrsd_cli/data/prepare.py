@@ -32,7 +32,16 @@ def _oulad(raw: Path, out: Path, **kw) -> dict:
     return prepare_oulad(raw, out, **kw)
 
 
-PREPARERS: dict[str, Callable[..., dict]] = {"ednet": _ednet, "oulad": _oulad}
+def _riiid(raw: Path, out: Path, **kw) -> dict:
+    """Kaggle's Riiid files -> the EdNet prepared schema (data/riiid.py); one process."""
+    from dsrsd_cli.data.riiid import prepare_riiid
+
+    kw.pop("split_by")
+    kw.pop("workers")
+    return prepare_riiid(raw, out, **kw)
+
+
+PREPARERS: dict[str, Callable[..., dict]] = {"ednet": _ednet, "oulad": _oulad, "riiid": _riiid}
 
 
 def parse_strengths(items: list[str]) -> dict[str, float]:
@@ -90,6 +99,9 @@ def prepare_dataset(
     if isinstance(strengths, list):
         strengths = parse_strengths(strengths) if strengths else None
     extra: dict = {}
+    if raw is None and dataset == "riiid":
+        raise BadInput("--dataset riiid has no built-in sample; pass --raw with the Kaggle Riiid files "
+                       "(train.csv, questions.csv, lectures.csv: a folder or the competition .zip)")
     if raw is None:
         raw = sample_raw_dir(out)
         if on_sample:

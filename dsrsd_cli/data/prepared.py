@@ -1,4 +1,4 @@
-"""A prepared data folder (DESIGN §5): the handle, its checks, and what every dataset built
+"""A prepared data folder (docs/data.md): the handle, its checks, and what every dataset built
 from it shares.
 
     prepared = open_prepared("data/ednet")     # checks manifest + every file's columns

@@ -1,4 +1,4 @@
-"""Parquet schemas of prepared data (DESIGN §3): the seam between `prepare` and the loader.
+"""Parquet schemas of prepared data (docs/data.md#the-prepared-folder): the seam between `prepare` and the loader.
 
 `prepare` writes exactly these columns (in this order, with these Arrow types);
 the loader checks them on open, so a stale or foreign folder fails with one clear line.
@@ -72,7 +72,7 @@ EDNET_SPLITS = pa.schema(
 
 # Behaviour features, in the order the loader stacks them into `behavior.num`.
 # "pre" features are known when the question is shown; "post" ones only after it
-# is answered, so they may only feed predictions of later bundles (DESIGN §6).
+# is answered, so they may only feed predictions of later bundles (docs/leakage.md).
 BEHAVIOR_FEATURES: tuple[tuple[str, str], ...] = (
     ("lag_ms", "pre"),
     ("lecture_count", "pre"),   # len(lectures)
@@ -98,7 +98,7 @@ OULAD_REGISTRATIONS = pa.schema(
         ("num_of_prev_attempts", pa.int16()),
         ("studied_credits", pa.int16()),
         ("date_registration", pa.int16()),    # nullable
-        ("date_unregistration", pa.int16()),  # nullable; NEVER a feature (DESIGN §6)
+        ("date_unregistration", pa.int16()),  # nullable; NEVER a feature (docs/leakage.md#oulad)
         ("final_result", pa.string()),        # Pass | Fail | Withdrawn | Distinction
         ("module_presentation_length", pa.int16()),
     ]

@@ -1,4 +1,4 @@
-"""Learner-level splits (DESIGN §3): every learner lands in exactly one of train/valid/test.
+"""Learner-level splits (docs/data.md#splits): every learner lands in exactly one of train/valid/test.
 
 Assignment depends only on the seed and the SET of learner ids (ids are sorted before
 the seeded shuffle), so re-running prepare on the same data gives the same split,

@@ -1,5 +1,5 @@
 """The commands' work: train, evaluate (and, from other modules, explain, compare, predict).
 
-engine/runs.py owns the run folder (DESIGN §7) and the safe loading of one;
+engine/runs.py owns the run folder (README.md, "Run folders") and the safe loading of one;
 engine/metrics.py owns the metrics every command reports.
 """

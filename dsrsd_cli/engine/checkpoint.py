@@ -1,4 +1,4 @@
-"""The resumable training state (DESIGN §7): where the loop is, the RNG states, and the checks
+"""The resumable training state: where the loop is, the RNG states, and the checks
 that a run folder may be continued with the given settings.
 
 Resuming gives exactly the run that was never interrupted: the state saved after every epoch

@@ -1,4 +1,4 @@
-"""`dsrsd compare`: DSRSD-Net against the baselines, on the same test rows (DESIGN §1, §8).
+"""`dsrsd compare`: DSRSD-Net against the baselines, on the same test rows.
 
 Two ways in:
   run folders  `dsrsd compare runs/run_3 runs/run_4 ...`: runs are grouped by model name;

@@ -1,4 +1,4 @@
-"""`dsrsd explain`: which modality drives a trained model's predictions (DESIGN §6, §8).
+"""`dsrsd explain`: which modality drives a trained model's predictions.
 
 On one split of the run's data (test by default), with the run's best weights:
 

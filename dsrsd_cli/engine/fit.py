@@ -27,8 +27,9 @@ import pandas as pd
 import torch
 from rich.console import Console
 
-from dsrsd_cli.config import RunConfig
+from dsrsd_cli.config import RunConfig, flat_keys
 from dsrsd_cli.data.loader import make_spec, open_prepared
+from dsrsd_cli.engine import tensorboard
 from dsrsd_cli.engine.checkpoint import LoopState
 from dsrsd_cli.engine.runs import (
     LOG_FILE, METRICS_FILE, WEIGHTS_FILE, RunLog, claim_run_dir, read_run_info, save_weights, write_history, write_run_config,
@@ -67,7 +68,8 @@ def fit_run(cfg: RunConfig, *, out: Path | None, resume: Path | None, console: C
     if resume is not None:
         run_dir = Path(resume)
         saved = read_run_info(run_dir).cfg
-        if saved.model_dump() != cfg.model_copy(update={"data": saved.data}).model_dump():
+        same_log = cfg.train.model_copy(update={"log": saved.train.log})   # train.log never changes the fit
+        if saved.model_dump() != cfg.model_copy(update={"data": saved.data, "train": same_log}).model_dump():
             raise BadInput(f"--resume {run_dir}: the settings differ from the run's; resume with the run's settings or start a new run")
         console.print(f"{run_dir}: a {cfg.model.name} fit keeps no partial state; fitting it again", highlight=False)
     else:
@@ -117,7 +119,15 @@ def fit_run(cfg: RunConfig, *, out: Path | None, resume: Path | None, console: C
 
     where = LoopState(epoch=1, best_epoch=1, best_auc=best if metric == "auc" else -math.inf, finished=True, history=history)
     eval_batch = cfg.train.eval_batch_size or cfg.data.batch_size
-    final_evaluation(model, run_dir, prepared, cfg, spec, device, where, eval_batch, console, log)
+    # the validation curve per boosting round; a refit (--resume) hides the earlier fit's events
+    curves = tensorboard.open_logger(cfg.train.log, run_dir, purge_step=0 if resume is not None else None)
+    try:
+        for r, value in enumerate(values):
+            curves.scalars({metric: value}, r + 1, prefix="valid/")
+        metrics = final_evaluation(model, run_dir, prepared, cfg, spec, device, where, eval_batch, console, log)
+        curves.hparams(flat_keys(cfg), tensorboard.final_aucs(metrics), best_round)
+    finally:
+        curves.close()
     if on_epoch is not None:   # one "epoch": the validation AUC of the chosen trees (as the loop reports it)
         on_epoch(1, read_json(run_dir / METRICS_FILE)["valid"].get("auc", math.nan))
     return run_dir

@@ -1,4 +1,4 @@
-"""`dsrsd predict`: score learners of a prepared folder with a trained run (DESIGN §7).
+"""`dsrsd predict`: score learners of a prepared folder with a trained run.
 
 The data must be readable by the run's model, row for row:
   - its schema version is this tool's (open_prepared) and its dataset, target and every

@@ -82,6 +82,8 @@ _BARS = {
                        TimeRemainingColumn()), "parse"),
     "oulad": (lambda: (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
                        TimeRemainingColumn()), "studentVle.csv"),
+    "riiid": (lambda: (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                       TimeRemainingColumn()), "train.csv"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The run folder (DESIGN §7): its layout, writing it (config.json, log, history, weights,
+"""The run folder (README.md, "Run folders"): its layout, writing it (config.json, log, history, weights,
 state), loading it back safely.
 
 A run folder is UNTRUSTED input: someone may hand you one. So loading it never unpickles:

@@ -32,8 +32,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from dsrsd_cli.config import RunConfig, apply_overrides, load_config, validate_config
+from dsrsd_cli.config import RunConfig, apply_overrides, flat_keys, load_config, validate_config
 from dsrsd_cli.data.loader import make_loader, make_spec, open_prepared
+from dsrsd_cli.engine import tensorboard
 from dsrsd_cli.engine.checkpoint import LoopState, check_resumable, restore, set_rng_state, state_dict
 from dsrsd_cli.engine.distributed import DistEnv, any_rank, from_rank0, gather_rng, init_distributed, launch_distributed
 from dsrsd_cli.engine.metrics import compute_metrics
@@ -71,6 +72,7 @@ def train_run(cfg: RunConfig, *, out: Path | None = None, resume: Path | None = 
     if quiet or not env.is_main:
         console = Console(stderr=True, quiet=True)
     console = console or Console(stderr=True)
+    tensorboard.require(cfg.train.log)   # before any work: a missing package is a BadInput, not a lost run
     if model_kind(cfg.model.name) == "fitted":
         from dsrsd_cli.engine.fit import fit_run
 
@@ -148,6 +150,9 @@ class Trainer:
         elif env.is_main:
             write_run_config(self.run_dir, cfg, spec, self.prepared, self.model, device, env.world_size)
             self.log(f"new run: model {cfg.model.name}, preset {cfg.preset}, data {cfg.data.path}, device {device}, world size {env.world_size}")
+        # rank 0 alone; resumed: events after the saved step (written before the interruption) are hidden
+        self.curves = tensorboard.open_logger(cfg.train.log, self.run_dir, enabled=env.is_main,
+                                              purge_step=saved["global_step"] + 1 if saved is not None else None)
 
     # ---- the loop
 
@@ -156,11 +161,16 @@ class Trainer:
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
             TimeRemainingColumn(), console=self.console, transient=False,
         )
-        with self.stop, progress:
-            while not self.where.finished and self.where.epoch < self.cfg.train.epochs:
-                self._epoch(progress)
-        if self.env.is_main:
-            final_evaluation(self.model, self.run_dir, self.prepared, self.cfg, self.spec, self.device, self.where, self.eval_batch, self.console, self.log)
+        try:
+            with self.stop, progress:
+                while not self.where.finished and self.where.epoch < self.cfg.train.epochs:
+                    self._epoch(progress)
+            if self.env.is_main:
+                metrics = final_evaluation(self.model, self.run_dir, self.prepared, self.cfg, self.spec, self.device, self.where,
+                                           self.eval_batch, self.console, self.log)
+                self.curves.hparams(flat_keys(self.cfg), tensorboard.final_aucs(metrics), self.where.global_step)
+        finally:
+            self.curves.close()
         if self.env.distributed:
             torch.distributed.barrier()
         return self.run_dir
@@ -212,6 +222,7 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.clip_grad))
         if not math.isfinite(grad_norm):  # gradients are all-reduced already: every rank agrees
             self._stop_on_nan("gradient norm", grad_norm)
+        lr = self.scheduler.get_last_lr()[0]   # this step's
         self.optimizer.step()
         self.scheduler.step()
 
@@ -221,6 +232,8 @@ class Trainer:
             sums[name] = sums.get(name, 0.0) + float(value)
         where.step_in_epoch += 1
         where.global_step += 1
+        self.curves.scalars({"loss": loss, **{f"loss_{k}": v for k, v in parts.items() if k != "total"}, "lr": lr,
+                             "grad_norm": grad_norm}, where.global_step, prefix="train/")
         return rows
 
     def _end_epoch(self, epoch: int, seconds: float, rows_here: int) -> tuple[float, bool, dict[str, Any]]:
@@ -247,6 +260,7 @@ class Trainer:
                 save_weights(self.model, self.run_dir / WEIGHTS_FILE)
         else:
             where.bad_epochs += 1
+        self.curves.epoch(record, where.global_step)   # before the state save (which flushes it)
         where.epoch, where.step_in_epoch, where.epoch_sums = epoch + 1, 0, {}
         early_stop = where.bad_epochs >= self.cfg.train.patience
         where.finished = early_stop or where.epoch >= self.cfg.train.epochs
@@ -265,6 +279,7 @@ class Trainer:
     # ---- state, interruption, failure
 
     def _save_state(self) -> None:
+        self.curves.flush()   # every event up to the saved step is on disk before the state is
         rng = gather_rng(self.env)
         if self.env.is_main:
             save_state(state_dict(self.model, self.optimizer, self.scheduler, self.where, rng), self.run_dir / STATE_FILE)
@@ -305,7 +320,7 @@ def _validate(model: nn.Module, loader, device: torch.device, spec, tau: float) 
     return {**compute_metrics(frame["label"].to_numpy(), frame_probs(frame)), "mechanisms": probe.result()}
 
 
-def final_evaluation(model, run_dir, prepared, cfg, spec, device, where: LoopState, eval_batch, console, log) -> None:
+def final_evaluation(model, run_dir, prepared, cfg, spec, device, where: LoopState, eval_batch, console, log) -> dict[str, Any]:
     """Best weights on valid and test: metrics.json and predictions.parquet (test). Also the
     end of a fitted model's run (engine/fit.py)."""
     model.load_state_dict(load_weights(run_dir / WEIGHTS_FILE))
@@ -323,6 +338,7 @@ def final_evaluation(model, run_dir, prepared, cfg, spec, device, where: LoopSta
     atomic_write_bytes(run_dir / PREDICTIONS_FILE, buffer.getvalue())
     console.print(metrics_table(f"{run_dir} ({cfg.model.name}, best epoch {where.best_epoch})", {s: results[s] for s in ("valid", "test")}))
     log(f"final: valid AUC {results['valid'].get('auc')}, test AUC {results['test'].get('auc')} (best epoch {where.best_epoch})")
+    return metrics
 
 
 # ---------------------------------------------------------------- optimizer and schedule
@@ -411,13 +427,17 @@ class StopFlag:
 def train_from_cli(
     *, preset: str, model: str | None, data: Path | None, device: str | None, overrides: list[str],
     out: Path | None, resume: Path | None, seed: int | None, nproc: int, json_out: bool, console: Console,
+    log: str | None = None,
 ) -> None:
     env = DistEnv.from_env()
+    if log is not None:   # --log: the config key train.log (travels with the run; also to DDP workers as --set)
+        overrides = [*overrides, f"train.log={json.dumps(log)}"]
     options = dict(model=model, data=data, device=device, overrides=overrides, seed=seed)
     if resume is not None:
         cfg = resume_config(resume, preset=preset, **options)
     else:
         cfg = config_from_cli(preset, **options)
+    tensorboard.require(cfg.train.log)
     if nproc > 1 and model_kind(cfg.model.name) == "fitted":
         raise BadInput(f"--nproc {nproc}: model {cfg.model.name!r} is fitted in one process (LightGBM uses the cores itself); drop --nproc")
     if nproc > 1 and not env.distributed:

@@ -1,4 +1,4 @@
-"""Models (DESIGN §4-§6), one file per concept:
+"""Models (docs/method.md; adding one: docs/extending.md), one file per concept:
 
     blocks.py       generic parts: stacked linear / layer norm, attention, feed-forward, head, init
     encoders.py     per-dataset input embeddings and sequence encoders (modality -> h_m)

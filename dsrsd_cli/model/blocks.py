@@ -1,4 +1,4 @@
-"""Generic building blocks (DESIGN §6): nothing here knows a dataset or a modality.
+"""Generic building blocks: nothing here knows a dataset or a modality.
 
 Every attention block is "stacked": it holds S independent copies of its weights (one per
 EdNet modality) and runs them in one batched computation on (S, B, L, d) tensors, so the

@@ -1,4 +1,4 @@
-"""Per-modality encoders (DESIGN §2, §6): one modality's batch tensors -> its encoding h_m.
+"""Per-modality encoders (docs/method.md#encoders-h_m): one modality's batch tensors -> its encoding h_m.
 
 An encoder is an *input module* (one modality's tensors -> embeddings) followed by a
 *core* that puts them in context. The cores are shared classes, so every model of a
@@ -73,7 +73,7 @@ class Encoded(NamedTuple):
 def earlier_bundles(bundle_group: Tensor, valid: Tensor) -> Tensor:
     """(B, T, T) bool: [b, t, t'] is True iff t' is a real step of a bundle before t's bundle.
 
-    This is the leakage rule of DESIGN §6: responses and "post" features of step t' may
+    This is the leakage rule of docs/leakage.md#the-block-causal-mask: responses and "post" features of step t' may
     reach step t only then.
     """
     return (bundle_group.unsqueeze(1) < bundle_group.unsqueeze(2)) & valid.unsqueeze(1)

@@ -1,4 +1,4 @@
-"""Fusions (DESIGN §4, §6): how the per-modality encodings become one prediction.
+"""Fusions (docs/method.md): how the per-modality encodings become one prediction.
 
 A model is encoders (encoders.py) + a fusion with its head, as in MultiBench's MMDL.
 `MultimodalModel` runs the encoders, hides modalities (modality dropout in training),
@@ -151,10 +151,12 @@ class MultimodalModel(nn.Module):
 
 
 class DSRSDFusion(Fusion):
-    """Dual-stream residual decomposition, semantic alignment, decorrelation, gated fusion (§6).
+    """Dual-stream residual decomposition, semantic alignment, decorrelation, gated fusion
+    (equations: docs/method.md#dsrsd-fusion-dsrsdfusion).
 
     Per modality m (on units (U, d)): shared s_m = P_m(h_m); private residual p_m = h_m - s_m;
-    q_m = Q_m(p_m) (U, k); z_m = G(s_m) (U, k) with ONE head G for all modalities.
+    q_m = LN(Q_m(p_m)) (U, k); z_m = G(s_m) (U, k), G ending in a LayerNorm, ONE head G for all modalities
+    (both LayerNorms without gain).
     Consensus c = mean of the present z_m. A gate network scores [c, q_1..q_M] from their
     concatenation; absent (or ablated) streams get -inf, so their weight is exactly 0;
     fused = sum of weighted streams (U, k); head -> logits. In training, `private_dropout`

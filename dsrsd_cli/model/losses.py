@@ -1,4 +1,4 @@
-"""Losses of DSRSD-Net (DESIGN §6), as pure functions with explicit masks.
+"""Losses of DSRSD-Net (equations: docs/method.md#losses), as pure functions with explicit masks.
 
 Every function takes the rows to use as a bool mask (or a presence dict) and indexes
 them out before computing anything, so padded or absent rows (whatever they hold)

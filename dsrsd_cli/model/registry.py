@@ -1,4 +1,4 @@
-"""Model registry (DESIGN §4): model name -> builder. `dsrsd train --model NAME` picks one.
+"""Model registry (docs/extending.md#adding-a-model): model name -> builder. `dsrsd train --model NAME` picks one.
 
 A builder composes encoders (encoders.py) and a fusion (fusion.py) for a DataSpec, so
 every baseline shares DSRSD-Net's encoder classes and sizes. A family with variants,

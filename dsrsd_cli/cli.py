@@ -47,7 +47,7 @@ def _root(
 
 @app.command()
 def prepare(
-    dataset: Annotated[str, typer.Option(help="ednet, oulad, or riiid (Kaggle's Riiid train.csv, questions.csv, lectures.csv; prepared as ednet).")],
+    dataset: Annotated[str, typer.Option(help="ednet, oulad, riiid (Kaggle's Riiid train.csv, questions.csv, lectures.csv; prepared as ednet), or custom (any answer log + --mapping; prepared as ednet).")],
     raw: Annotated[Optional[Path], typer.Option(help="Raw files: a folder or a .zip/.tar.gz archive. Omit to use the built-in sample.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default data/<dataset>).")] = None,
     max_users: Annotated[Optional[int], typer.Option(min=1, help="EdNet: keep only the first N learners (sorted by id).")] = None,
@@ -59,6 +59,7 @@ def prepare(
     split_by: Annotated[str, typer.Option(help="OULAD: learner or presentation.")] = "learner",
     sample_strength: Annotated[Optional[list[str]], typer.Option(help="Built-in sample: signal a modality carries, e.g. behavior=3.0 (repeatable).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
+    mapping: Annotated[Optional[str], typer.Option(help="--dataset custom: a TOML mapping of the log's columns, or a shipped one by name (assistments_2009_skill_builder, assistments_2012_2013).")] = None,
 ) -> None:
     """Turn raw logs into Parquet (files, columns, splits: docs/data.md).
 
@@ -69,7 +70,7 @@ def prepare(
     prepare_from_cli(
         dataset=dataset, raw=raw, out=out, max_users=max_users, seed=seed, workers=workers, force=force,
         strict=strict, sample_size=sample_size, split_by=split_by, strengths=list(sample_strength or []),
-        json_out=json_out, console=console,
+        json_out=json_out, console=console, **({"mapping": mapping} if mapping is not None else {}),
     )
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
@@ -66,7 +67,95 @@ def ednet_tag_width(prepared: Prepared) -> int:
     return int(min(max(longest or 0, 1), MAX_TAGS))
 
 
+# ---------------------------------------------------------------- custom features (prepare --dataset custom)
+
+CUSTOM_MODALITIES = ("item", "content", "behavior")
+
+
+def custom_layout(prepared: Prepared) -> dict[str, dict[str, list[dict]]]:
+    """modality -> {"cat": [...], "num": [...]} of the manifest's `custom_features`, `known = "before"`
+    ones first in each list (the order of the tensors custom_cat / custom_num). Empty when the
+    folder has none (every EdNet / Riiid folder)."""
+    features = prepared.manifest.get("custom_features") or []
+    layout: dict[str, dict[str, list[dict]]] = {}
+    for m in CUSTOM_MODALITIES:
+        of = [f for f in features if f.get("modality") == m]
+        if not of:
+            continue
+        rank = {"before": 0, "after": 1}
+        layout[m] = {
+            "cat": sorted((f for f in of if f.get("kind") == "categorical"), key=lambda f: rank[f["known"]]),
+            "num": sorted((f for f in of if f.get("kind") == "numeric"), key=lambda f: rank[f["known"]]),
+        }
+    return layout
+
+
+def custom_spec_entries(prepared: Prepared) -> tuple[dict[str, int], dict[str, int]]:
+    """(vocab, dims) entries that size the encoders' CustomFeatures: dims "<m>.custom_cat" = Kc,
+    "<m>.custom_cat_before" = how many of them are known before the answer (the first ones),
+    likewise "<m>.custom_num" / "<m>.custom_num_before"; vocab "<m>.custom_cat.<j>" = table size."""
+    vocab: dict[str, int] = {}
+    dims: dict[str, int] = {}
+    for m, kinds in custom_layout(prepared).items():
+        for kind in ("cat", "num"):
+            dims[f"{m}.custom_{kind}"] = len(kinds[kind])
+            dims[f"{m}.custom_{kind}_before"] = sum(f["known"] == "before" for f in kinds[kind])
+        for j, f in enumerate(kinds["cat"]):
+            vocab[f"{m}.custom_cat.{j}"] = int(f["size"])
+    return vocab, dims
+
+
+def _signed_log(x: np.ndarray) -> np.ndarray:
+    """Fixed transform of a custom numeric feature (nothing fitted): sign(x) log1p(|x|)."""
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def _custom_arrays(prepared: Prepared, users: list[str] | None, names: list[str], user_code: np.ndarray,
+                   position: np.ndarray) -> dict[str, np.ndarray]:
+    """custom_features.parquet aligned with the sorted interactions: per modality
+    custom_cat.<m> (n, Kc) int64, custom_num.<m> (n, Kn) float32, custom_num_present.<m> (n, Kn) bool."""
+    layout = custom_layout(prepared)
+    if not layout:
+        return {}
+    file = prepared.file("custom_features.parquet")
+    if not file.is_file():
+        raise BadInput(f"{file}: missing, but the manifest lists custom_features; rerun `dsrsd prepare --dataset custom --force`")
+    wanted = [f["name"] for kinds in layout.values() for k in ("cat", "num") for f in kinds[k]]
+    try:
+        table = pq.read_table(file, columns=["user", "position", *wanted],
+                              filters=None if users is None else pc.field("user").isin(pa.array(users, pa.string())))
+    except (pa.ArrowException, OSError) as e:
+        raise BadInput(f"{file}: not readable or lacks a listed feature ({e}); rerun `dsrsd prepare --dataset custom --force`") from None
+    codes = pd.Categorical(table["user"].to_pandas(), categories=names).codes.astype(np.int64)
+    pos = pc.fill_null(table["position"], -1).to_numpy().astype(np.int64)
+    order = np.lexsort((pos, codes))
+    if len(order) != len(position) or not (np.array_equal(codes[order], user_code)
+                                           and np.array_equal(pos[order], position.astype(np.int64))):
+        raise BadInput(f"{file}: its (user, position) rows do not match interactions.parquet; "
+                       "rerun `dsrsd prepare --dataset custom --force`")
+    table = table.take(pa.array(order))
+    out: dict[str, np.ndarray] = {}
+    n = table.num_rows
+    for m, kinds in layout.items():
+        cat = np.zeros((n, len(kinds["cat"])), dtype=np.int64)
+        for j, f in enumerate(kinds["cat"]):
+            values = pc.fill_null(table[f["name"]], 0).to_numpy().astype(np.int64)
+            if len(values) and (values.min() < 0 or values.max() >= int(f["size"])):
+                raise BadInput(f"{file}: feature {f['name']!r} has a code outside 0..{int(f['size']) - 1}; "
+                               "rerun `dsrsd prepare --dataset custom --force`")
+            cat[:, j] = values
+        num = np.zeros((n, len(kinds["num"])), dtype=np.float32)
+        present = np.zeros(num.shape, dtype=bool)
+        for j, f in enumerate(kinds["num"]):
+            values = np.asarray(pc.cast(table[f["name"]], pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+            present[:, j] = np.isfinite(values)
+            num[:, j] = np.where(present[:, j], _signed_log(np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)), 0.0)
+        out[f"custom_cat.{m}"], out[f"custom_num.{m}"], out[f"custom_num_present.{m}"] = cat, num, present
+    return out
+
+
 def ednet_spec(prepared: Prepared, data_cfg: DataConfig) -> DataSpec:
+    custom_vocab, custom_dims = custom_spec_entries(prepared)
     return DataSpec(
         dataset="ednet",
         modalities=schema.MODALITIES["ednet"],
@@ -78,8 +167,9 @@ def ednet_spec(prepared: Prepared, data_cfg: DataConfig) -> DataSpec:
             "content.part": 8,
             "behavior.platform": 3,
             "behavior.source": vocab_count(prepared, "source") + 1,
+            **custom_vocab,
         },
-        dims={"behavior.num": len(schema.BEHAVIOR_FEATURES), "content.tags": ednet_tag_width(prepared)},
+        dims={"behavior.num": len(schema.BEHAVIOR_FEATURES), "content.tags": ednet_tag_width(prepared), **custom_dims},
         max_len=data_cfg.max_len,
         target="correct",
     )
@@ -181,6 +271,7 @@ def ednet_dataset(prepared: Prepared, split: str, data_cfg: DataConfig) -> Ednet
         raise BadInput(f"{file}: user {names[user_code[row]]} has position {position[row]} twice; {rerun_prepare('ednet')}")
 
     arrays = _ednet_arrays(prepared, table, user_code, names)
+    arrays.update(_custom_arrays(prepared, users, names, user_code, position))
     n = len(position)
     new_user = np.ones(n, dtype=bool)
     new_user[1:] = user_code[1:] != user_code[:-1]
@@ -313,23 +404,33 @@ def collate_ednet(examples: list[Example]) -> Batch:
     bundle_group = new_bundle.cumsum(dim=1) * valid                   # (B, T) 1, 2, ... ; 0 pad
     num_present = pad("num_present")                                  # (B, T, F)
     correct = pad("correct").long()                                   # (B, T)
-    return Batch(
-        inputs={
-            "item": {"question": pad("question").long(), "bundle": bundle},
-            "content": {
-                "part": pad("part").long(),
-                "tags": pad("tags").long(),                           # (B, T, K)
-                "lecture_part": pad("lecture_part").long(),
-                "lecture_tags": pad("lecture_tags").long(),           # (B, T, K)
-            },
-            "behavior": {
-                "num": pad("num"),                                    # (B, T, F)
-                "num_present": num_present,
-                "platform": pad("platform").long(),
-                "source": pad("source").long(),
-            },
+    inputs = {
+        "item": {"question": pad("question").long(), "bundle": bundle},
+        "content": {
+            "part": pad("part").long(),
+            "tags": pad("tags").long(),                               # (B, T, K)
+            "lecture_part": pad("lecture_part").long(),
+            "lecture_tags": pad("lecture_tags").long(),               # (B, T, K)
         },
-        present={"item": valid.clone(), "content": valid.clone(), "behavior": valid & num_present.any(dim=-1)},
+        "behavior": {
+            "num": pad("num"),                                        # (B, T, F)
+            "num_present": num_present,
+            "platform": pad("platform").long(),
+            "source": pad("source").long(),
+        },
+    }
+    behavior_present = num_present.any(dim=-1)
+    for m in CUSTOM_MODALITIES:                                       # prepare --dataset custom only
+        if f"custom_cat.{m}" in examples[0].arrays:
+            inputs[m]["custom_cat"] = pad(f"custom_cat.{m}").long()               # (B, T, Kc) 0 unknown
+            inputs[m]["custom_num"] = pad(f"custom_num.{m}")                      # (B, T, Kn)
+            inputs[m]["custom_num_present"] = pad(f"custom_num_present.{m}")      # (B, T, Kn)
+            if m == "behavior":
+                behavior_present = (behavior_present | inputs[m]["custom_num_present"].any(dim=-1)
+                                    | (inputs[m]["custom_cat"] > 0).any(dim=-1))
+    return Batch(
+        inputs=inputs,
+        present={"item": valid.clone(), "content": valid.clone(), "behavior": valid & behavior_present},
         target=correct.float(),
         mask=mask,
         valid=valid,

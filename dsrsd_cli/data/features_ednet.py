@@ -1,5 +1,8 @@
 """Causal per-answer features of EdNet for the `gbdt` reference model.
 
+Just over 500 lines on purpose: the custom-log features reuse the same running-sum cells
+(`_earlier`, `_Answers`), which a second module would have to reach into.
+
     stats = fit_question_stats(prepared, cfg.data)                            # training learners only
     train = ednet_features(prepared, cfg.data, "train", None, out_of_fold=True)
     valid = ednet_features(prepared, cfg.data, "valid", stats)
@@ -144,7 +147,56 @@ def ednet_features(
         difficulty = _fitted_difficulty(prepared, a, stats)
     columns = _ednet_columns(a, difficulty)
     keys = pd.DataFrame({"user": names[a.user].astype(str), "position": a.position})
-    return assemble(keys, a.correct.astype(np.float32), [(g, [n], columns[n][:, None], c) for g, n, c in EDNET_FEATURES], "ednet")
+    blocks = [(g, [n], columns[n][:, None], c) for g, n, c in EDNET_FEATURES]
+    blocks += _custom_blocks(prepared, a, names, _split_users(prepared, data_cfg, split))
+    return assemble(keys, a.correct.astype(np.float32), blocks, "ednet")
+
+
+def _custom_blocks(prepared: Prepared, a: "_Answers", names: np.ndarray, users: list[str] | None) -> list:
+    """`prepare --dataset custom` features (none for EdNet/Riiid folders): a `before` feature is a
+    column of its modality group as is (categorical: its code, NaN unknown); an `after` one is
+    its running mean over the learner's EARLIER bundles ("<modality>.custom.<name>_mean",
+    NaN before any value), like the post-answer behaviour above."""
+    from dsrsd_cli.data.ednet_windows import custom_layout
+
+    layout = custom_layout(prepared)
+    if not layout:
+        return []
+    file = prepared.file("custom_features.parquet")
+    wanted = [f["name"] for kinds in layout.values() for k in ("cat", "num") for f in kinds[k]]
+    try:
+        table = pq.read_table(file, columns=["user", "position", *wanted],
+                              filters=None if users is None else pc.field("user").isin(pa.array(users, pa.string())))
+    except (pa.ArrowException, OSError) as e:
+        raise BadInput(f"{file}: not readable or lacks a listed feature ({e}); rerun `dsrsd prepare --dataset custom --force`") from None
+    codes = pd.Categorical(table["user"].to_pandas(), categories=list(names)).codes.astype(np.int64)
+    pos = pc.fill_null(table["position"], -1).to_numpy().astype(np.int64)
+    order = np.lexsort((pos, codes))
+    if len(order) != len(a.user) or not (np.array_equal(codes[order], a.user) and np.array_equal(pos[order], a.position)):
+        raise BadInput(f"{file}: its (user, position) rows do not match interactions.parquet; "
+                       "rerun `dsrsd prepare --dataset custom --force`")
+    table = table.take(pa.array(order))
+    blocks = []
+    for m, kinds in layout.items():
+        for kind in ("cat", "num"):
+            for f in kinds[kind]:
+                v = _floats(table[f["name"]])
+                if kind == "cat":
+                    v = _code(v)
+                name = f"{m}.custom.{f['name']}"
+                if f["known"] == "before":
+                    blocks.append((m, [name], v[:, None], kind == "cat"))
+                    continue
+                if kind == "cat":   # after + categorical: running share of each category over earlier bundles
+                    size = int(f["size"])
+                    onehot = np.stack([v == c for c in range(1, size)] + [~np.isnan(v)], axis=1).astype(np.float64)
+                    before, _ = _earlier(a.user, a.run, onehot)
+                    shares = rate(before[:, :-1], before[:, -1:])
+                    blocks.append((m, [f"{name}_share_{c}" for c in range(1, size)], shares, False))
+                else:
+                    before, _ = _earlier(a.user, a.run, np.stack([np.nan_to_num(v), ~np.isnan(v)], axis=1))
+                    blocks.append((m, [f"{name}_mean"], rate(before[:, 0], before[:, 1])[:, None], False))
+    return blocks
 
 
 def learner_folds(users: np.ndarray) -> np.ndarray:

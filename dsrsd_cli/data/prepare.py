@@ -41,7 +41,16 @@ def _riiid(raw: Path, out: Path, **kw) -> dict:
     return prepare_riiid(raw, out, **kw)
 
 
-PREPARERS: dict[str, Callable[..., dict]] = {"ednet": _ednet, "oulad": _oulad, "riiid": _riiid}
+def _custom(raw: Path, out: Path, **kw) -> dict:
+    """Any answer log + a TOML mapping -> the EdNet prepared schema (data/custom.py); one process."""
+    from dsrsd_cli.data.custom import prepare_custom
+
+    kw.pop("split_by")
+    kw.pop("workers")
+    return prepare_custom(raw, out, **kw)
+
+
+PREPARERS: dict[str, Callable[..., dict]] = {"ednet": _ednet, "oulad": _oulad, "riiid": _riiid, "custom": _custom}
 
 
 def parse_strengths(items: list[str]) -> dict[str, float]:
@@ -83,6 +92,7 @@ def prepare_dataset(
     strengths: dict[str, float] | list[str] | None = None,
     progress: ProgressCallback | None = None,
     on_sample: Callable[[Path], None] | None = None,
+    mapping: str | Path | None = None,
 ) -> dict:
     """Prepare `dataset` from `raw` (or from the built-in sample written beside `out` when
     `raw` is None) into `out`; returns the manifest. `on_sample(folder)` is called just
@@ -92,6 +102,8 @@ def prepare_dataset(
         raise BadInput(f"--dataset {dataset!r} is unknown; choose one of: {', '.join(PREPARERS)}")
     if split_by not in ("learner", "presentation") or (split_by == "presentation" and dataset != "oulad"):
         raise BadInput(f"--split-by {split_by!r} is not valid for {dataset}; use learner (or presentation for oulad)")
+    if mapping is not None and dataset != "custom":
+        raise BadInput(f"--mapping only applies to --dataset custom, not {dataset}")
     out = output_dir(dataset, out)
     if out.exists() and not force:
         raise BadInput(f"{out}: output folder already exists; pass --force to replace it or choose another --out")
@@ -102,6 +114,9 @@ def prepare_dataset(
     if raw is None and dataset == "riiid":
         raise BadInput("--dataset riiid has no built-in sample; pass --raw with the Kaggle Riiid files "
                        "(train.csv, questions.csv, lectures.csv: a folder or the competition .zip)")
+    if raw is None and dataset == "custom":
+        raise BadInput("--dataset custom has no built-in sample; pass --raw with your answer log (.csv/.parquet or a "
+                       "folder of them) and --mapping (docs/data.md#bring-your-own-logs)")
     if raw is None:
         raw = sample_raw_dir(out)
         if on_sample:
@@ -113,7 +128,8 @@ def prepare_dataset(
     elif sample_size is not None or strengths:
         raise BadInput("--sample-size and --sample-strength only apply to the built-in sample; drop them or drop --raw")
 
+    more = {"mapping": mapping} if dataset == "custom" else {}
     return PREPARERS[dataset](
         Path(raw), out, max_users=max_users, seed=seed, workers=workers, force=force, strict=strict,
-        split_by=split_by, progress=progress, extra_manifest=extra,
+        split_by=split_by, progress=progress, extra_manifest=extra, **more,
     )

@@ -110,13 +110,10 @@ def _signed_log(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
 
 
-def _custom_arrays(prepared: Prepared, users: list[str] | None, names: list[str], user_code: np.ndarray,
-                   position: np.ndarray) -> dict[str, np.ndarray]:
-    """custom_features.parquet aligned with the sorted interactions: per modality
-    custom_cat.<m> (n, Kc) int64, custom_num.<m> (n, Kn) float32, custom_num_present.<m> (n, Kn) bool."""
-    layout = custom_layout(prepared)
-    if not layout:
-        return {}
+def read_custom_features(prepared: Prepared, layout: dict, users: list[str] | None, names, user_code: np.ndarray,
+                         position: np.ndarray) -> pa.Table:
+    """custom_features.parquet of `users` (None: all), in the order of the sorted interactions
+    given by (user_code into `names`, position); BadInput when the rows do not match."""
     file = prepared.file("custom_features.parquet")
     if not file.is_file():
         raise BadInput(f"{file}: missing, but the manifest lists custom_features; rerun `dsrsd prepare --dataset custom --force`")
@@ -126,14 +123,25 @@ def _custom_arrays(prepared: Prepared, users: list[str] | None, names: list[str]
                               filters=None if users is None else pc.field("user").isin(pa.array(users, pa.string())))
     except (pa.ArrowException, OSError) as e:
         raise BadInput(f"{file}: not readable or lacks a listed feature ({e}); rerun `dsrsd prepare --dataset custom --force`") from None
-    codes = pd.Categorical(table["user"].to_pandas(), categories=names).codes.astype(np.int64)
+    codes = pd.Categorical(table["user"].to_pandas(), categories=list(names)).codes.astype(np.int64)
     pos = pc.fill_null(table["position"], -1).to_numpy().astype(np.int64)
     order = np.lexsort((pos, codes))
     if len(order) != len(position) or not (np.array_equal(codes[order], user_code)
-                                           and np.array_equal(pos[order], position.astype(np.int64))):
+                                           and np.array_equal(pos[order], np.asarray(position).astype(np.int64))):
         raise BadInput(f"{file}: its (user, position) rows do not match interactions.parquet; "
                        "rerun `dsrsd prepare --dataset custom --force`")
-    table = table.take(pa.array(order))
+    return table.take(pa.array(order))
+
+
+def _custom_arrays(prepared: Prepared, users: list[str] | None, names: list[str], user_code: np.ndarray,
+                   position: np.ndarray) -> dict[str, np.ndarray]:
+    """custom_features.parquet aligned with the sorted interactions: per modality
+    custom_cat.<m> (n, Kc) int64, custom_num.<m> (n, Kn) float32, custom_num_present.<m> (n, Kn) bool."""
+    layout = custom_layout(prepared)
+    if not layout:
+        return {}
+    table = read_custom_features(prepared, layout, users, names, user_code, position)
+    file = prepared.file("custom_features.parquet")
     out: dict[str, np.ndarray] = {}
     n = table.num_rows
     for m, kinds in layout.items():

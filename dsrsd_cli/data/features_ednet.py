@@ -157,25 +157,12 @@ def _custom_blocks(prepared: Prepared, a: "_Answers", names: np.ndarray, users: 
     column of its modality group as is (categorical: its code, NaN unknown); an `after` one is
     its running mean over the learner's EARLIER bundles ("<modality>.custom.<name>_mean",
     NaN before any value), like the post-answer behaviour above."""
-    from dsrsd_cli.data.ednet_windows import custom_layout
+    from dsrsd_cli.data.ednet_windows import custom_layout, read_custom_features
 
     layout = custom_layout(prepared)
     if not layout:
         return []
-    file = prepared.file("custom_features.parquet")
-    wanted = [f["name"] for kinds in layout.values() for k in ("cat", "num") for f in kinds[k]]
-    try:
-        table = pq.read_table(file, columns=["user", "position", *wanted],
-                              filters=None if users is None else pc.field("user").isin(pa.array(users, pa.string())))
-    except (pa.ArrowException, OSError) as e:
-        raise BadInput(f"{file}: not readable or lacks a listed feature ({e}); rerun `dsrsd prepare --dataset custom --force`") from None
-    codes = pd.Categorical(table["user"].to_pandas(), categories=list(names)).codes.astype(np.int64)
-    pos = pc.fill_null(table["position"], -1).to_numpy().astype(np.int64)
-    order = np.lexsort((pos, codes))
-    if len(order) != len(a.user) or not (np.array_equal(codes[order], a.user) and np.array_equal(pos[order], a.position)):
-        raise BadInput(f"{file}: its (user, position) rows do not match interactions.parquet; "
-                       "rerun `dsrsd prepare --dataset custom --force`")
-    table = table.take(pa.array(order))
+    table = read_custom_features(prepared, layout, users, names, a.user, a.position)
     blocks = []
     for m, kinds in layout.items():
         for kind in ("cat", "num"):

@@ -35,22 +35,20 @@ from __future__ import annotations
 import io
 import tomllib
 import warnings
-from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dsrsd_cli import __version__
-from dsrsd_cli.data.ednet import PARQUET_OPTIONS, _clean_stale, _write_splits
+from dsrsd_cli.data.ednet import PARQUET_OPTIONS, clean_stale, finish_folder
 from dsrsd_cli.data.ednet_format import Drops, location
-from dsrsd_cli.data.schema import EDNET_INTERACTIONS, EDNET_LECTURES, EDNET_QUESTIONS, SCHEMA_VERSION
+from dsrsd_cli.data.schema import EDNET_INTERACTIONS, EDNET_LECTURES, EDNET_QUESTIONS
 from dsrsd_cli.errors import BadInput
-from dsrsd_cli.io import atomic_dir, write_json
+from dsrsd_cli.io import atomic_dir
 
 MODALITIES = ("item", "content", "behavior")
 KINDS = ("categorical", "numeric")
@@ -379,37 +377,28 @@ def prepare_custom(
             custom_features.append(record)
         feature_table = pa.table(cols)
 
-    _clean_stale(out)
+    clean_stale(out)
     with atomic_dir(out, force=force) as tmp:
         pq.write_table(interactions, tmp / "interactions.parquet", **PARQUET_OPTIONS)
         pq.write_table(questions, tmp / "questions.parquet", **PARQUET_OPTIONS)
         pq.write_table(EDNET_LECTURES.empty_table(), tmp / "lectures.parquet", **PARQUET_OPTIONS)
         if feature_table is not None:
             pq.write_table(feature_table, tmp / "custom_features.parquet", **PARQUET_OPTIONS)
-        sizes = _write_splits(users, seed, tmp / "splits.parquet")
-        manifest = {
-            "tool_version": __version__,
-            "schema_version": SCHEMA_VERSION,
-            "dataset": "ednet",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source": {"format": "custom", "path": str(raw), "files": [str(f) for f in files],
-                       "mapping": {k: v for k, v in spec.items()}, "mapping_file": mapping_where,
-                       "timestamps": "ms since 1970 (or the log's own number x time_unit)" if is_time
-                       else "null: the log has an order, no time"},
-            "rows_in": rows_in,                 # data rows read
-            "rows_out": n,                      # answers written
-            "merged_rows": int(merged),         # repeated rows of one answer (one per skill) merged into it
-            "dropped": dict(sorted(drops.counts.items())),
-            "dropped_first": dict(sorted(drops.first.items())),
-            "vocab": {"question": len(q_names), "bundle": int(bundle_of_q.max(initial=0)), "tag": len(s_index),
-                      "lecture": 0, "part": 7, "source": []},
-            "splits": {"seed": seed, "by": "learner", "sizes": sizes, "n_folds": 5},
-            "users": len(users),
-        }
-        if custom_features:
-            manifest["custom_features"] = custom_features
-        manifest.update(extra_manifest or {})
-        write_json(tmp / "manifest.json", manifest)
+        manifest = finish_folder(
+            tmp, users=users, seed=seed,
+            source={"format": "custom", "path": str(raw), "files": [str(f) for f in files],
+                    "mapping": dict(spec), "mapping_file": mapping_where,
+                    "timestamps": "ms since 1970 (or the log's own number x time_unit)" if is_time
+                    else "null: the log has an order, no time"},
+            counts={"rows_in": rows_in,                 # data rows read
+                    "rows_out": n,                      # answers written
+                    "merged_rows": int(merged),         # repeated rows of one answer (one per skill) merged into it
+                    **drops.summary()},
+            vocab={"question": len(q_names), "bundle": int(bundle_of_q.max(initial=0)), "tag": len(s_index),
+                   "lecture": 0, "part": 7, "source": []},
+            more={"custom_features": custom_features} if custom_features else {},
+            extra_manifest=extra_manifest,
+        )
     return manifest
 
 

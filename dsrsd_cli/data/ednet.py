@@ -110,7 +110,7 @@ def prepare_ednet(
     raw, out = Path(raw), Path(out)
     if out.exists() and not force:
         raise BadInput(f"{out}: output folder already exists; pass --force to replace it or choose another --out")
-    _clean_stale(out)
+    clean_stale(out)
     runner, ok = Runner(workers), False  # the workers start while the source is listed
     try:
         source, display, learners, contents, drops = _read_source(raw, strict)
@@ -133,29 +133,19 @@ def prepare_ednet(
             if not totals.users:
                 raise BadInput(f"{raw}: no usable answers in the learner files (dropped: {dict(drops.counts)}); "
                                "check them against the EdNet format")
-            sizes = _write_splits(totals.users, seed, tmp / "splits.parquet")
-            manifest = {
-                "tool_version": __version__,
-                "schema_version": SCHEMA_VERSION,
-                "dataset": "ednet",
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "source": {"kind": source.kind, "path": str(raw), "files": source.fingerprint(),
-                           "kt_levels": sorted(totals.levels)},
-                "rows_in": totals.rows_in,     # data lines of the learner files read
-                "rows_out": totals.rows_out,   # interactions written
-                "dropped": dict(sorted(drops.counts.items())),
-                "dropped_first": dict(sorted(drops.first.items())),  # where each reason was first seen
-                "skipped": dict(sorted(totals.skipped.items())),     # bundles without an answer: not errors
-                "vocab": {"question": contents.questions.num_rows, "bundle": contents.n_bundles,
-                          "tag": contents.n_tags, "lecture": contents.lectures.num_rows, "part": 7,
-                          "source": totals.sources.names},
-                "splits": {"seed": seed, "by": "learner", "sizes": sizes, "n_folds": 5},
-                "users": len(totals.users),
-            }
-            if totals.merge:  # learners in KT1 and in an action level: how their histories matched
-                manifest["kt1_merge"] = dict(sorted(totals.merge.items()))
-            manifest.update(extra_manifest or {})
-            write_json(tmp / "manifest.json", manifest)
+            manifest = finish_folder(
+                tmp, users=totals.users, seed=seed,
+                source={"kind": source.kind, "path": str(raw), "files": source.fingerprint(), "kt_levels": sorted(totals.levels)},
+                counts={"rows_in": totals.rows_in,     # data lines of the learner files read
+                        "rows_out": totals.rows_out,   # interactions written
+                        **drops.summary(),             # dropped per reason, and where each was first seen
+                        "skipped": dict(sorted(totals.skipped.items()))},   # bundles without an answer: not errors
+                vocab={"question": contents.questions.num_rows, "bundle": contents.n_bundles, "tag": contents.n_tags,
+                       "lecture": contents.lectures.num_rows, "part": 7, "source": totals.sources.names},
+                # learners in KT1 and in an action level: how their histories matched
+                more={"kt1_merge": dict(sorted(totals.merge.items()))} if totals.merge else {},
+                extra_manifest=extra_manifest,
+            )
         ok = True
     finally:
         runner.close(ok)
@@ -259,6 +249,28 @@ def _write_interactions(results: Iterable[dict], path: Path, drops: Drops, progr
     return totals
 
 
+def finish_folder(tmp: Path, *, users: list[str], seed: int, source: dict, counts: dict, vocab: dict,
+                  more: dict | None = None, extra_manifest: dict | None = None) -> dict:
+    """splits.parquet and manifest.json of an EdNet-schema folder (prepare ednet, riiid, custom);
+    returns the manifest. `counts`: rows read/written and drops; `more`: the preparer's own keys."""
+    sizes = _write_splits(users, seed, tmp / "splits.parquet")
+    manifest = {
+        "tool_version": __version__,
+        "schema_version": SCHEMA_VERSION,
+        "dataset": "ednet",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": source,
+        **counts,
+        "vocab": vocab,
+        "splits": {"seed": seed, "by": "learner", "sizes": sizes, "n_folds": 5},
+        "users": len(users),
+        **(more or {}),
+        **(extra_manifest or {}),
+    }
+    write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
 def _write_splits(users: list[str], seed: int, path: Path) -> dict[str, int]:
     from dsrsd_cli.data.splits import learner_split, split_sizes
 
@@ -271,7 +283,7 @@ def _write_splits(users: list[str], seed: int, path: Path) -> dict[str, int]:
     return split_sizes(split)
 
 
-def _clean_stale(out: Path) -> None:
+def clean_stale(out: Path) -> None:
     """Leftovers of a killed run (atomic_dir's temp siblings) are removed before starting."""
     if out.parent.is_dir():
         for p in out.parent.glob(f".{out.name}.partial-*"):

@@ -123,6 +123,10 @@ class Drops:
         if self.errors:
             raise BadInput(f"{min(self.errors)[1]}; fix or remove it, or run without --strict to drop and count it")
 
+    def summary(self) -> dict[str, dict]:
+        """The manifest's "dropped" (count per reason) and "dropped_first" (where each was first seen)."""
+        return {"dropped": dict(sorted(self.counts.items())), "dropped_first": dict(sorted(self.first.items()))}
+
     def merge(self, other: "Drops") -> None:
         self.counts.update(other.counts)
         for reason, where in other.first.items():

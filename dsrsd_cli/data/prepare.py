@@ -7,6 +7,7 @@ tables are in engine/prepare.py.
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -17,40 +18,24 @@ from dsrsd_cli.samples import write_sample
 ProgressCallback = Callable[[int, int], None]  # (done, total): EdNet learners parsed, OULAD studentVle bytes read
 
 
-def _ednet(raw: Path, out: Path, **kw) -> dict:
-    from dsrsd_cli.data.ednet import prepare_ednet
-
-    kw.pop("split_by")
-    return prepare_ednet(raw, out, **kw)
-
-
-def _oulad(raw: Path, out: Path, **kw) -> dict:
-    from dsrsd_cli.data.oulad import prepare_oulad
-
-    kw.pop("max_users")
-    kw.pop("workers")
-    return prepare_oulad(raw, out, **kw)
+def _preparer(module: str, function: str, *, unused: tuple[str, ...]) -> Callable[..., dict]:
+    """`function` of `module`, imported when first used, called without the options it has no use
+    for (prepare_dataset validates every option before; e.g. --split-by is OULAD's only)."""
+    def prepare(raw: Path, out: Path, **options) -> dict:
+        for name in unused:
+            options.pop(name)
+        return getattr(importlib.import_module(module), function)(raw, out, **options)
+    return prepare
 
 
-def _riiid(raw: Path, out: Path, **kw) -> dict:
-    """Kaggle's Riiid files -> the EdNet prepared schema (data/riiid.py); one process."""
-    from dsrsd_cli.data.riiid import prepare_riiid
-
-    kw.pop("split_by")
-    kw.pop("workers")
-    return prepare_riiid(raw, out, **kw)
-
-
-def _custom(raw: Path, out: Path, **kw) -> dict:
-    """Any answer log + a TOML mapping -> the EdNet prepared schema (data/custom.py); one process."""
-    from dsrsd_cli.data.custom import prepare_custom
-
-    kw.pop("split_by")
-    kw.pop("workers")
-    return prepare_custom(raw, out, **kw)
-
-
-PREPARERS: dict[str, Callable[..., dict]] = {"ednet": _ednet, "oulad": _oulad, "riiid": _riiid, "custom": _custom}
+# dataset -> its preparer. riiid and custom write the EdNet schema in one process
+# (data/riiid.py: Kaggle's Riiid files; data/custom.py: any answer log + a TOML mapping).
+PREPARERS: dict[str, Callable[..., dict]] = {
+    "ednet": _preparer("dsrsd_cli.data.ednet", "prepare_ednet", unused=("split_by",)),
+    "oulad": _preparer("dsrsd_cli.data.oulad", "prepare_oulad", unused=("max_users", "workers")),
+    "riiid": _preparer("dsrsd_cli.data.riiid", "prepare_riiid", unused=("split_by", "workers")),
+    "custom": _preparer("dsrsd_cli.data.custom", "prepare_custom", unused=("split_by", "workers")),
+}
 
 
 def parse_strengths(items: list[str]) -> dict[str, float]:

@@ -55,7 +55,6 @@ import math
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -63,17 +62,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dsrsd_cli import __version__
 from dsrsd_cli.data.archive import RawSource
 from dsrsd_cli.data.ednet_arrays import run_starts
-from dsrsd_cli.data.ednet import PARQUET_OPTIONS, _clean_stale, _write_splits
+from dsrsd_cli.data.ednet import PARQUET_OPTIONS, clean_stale, finish_folder
 from dsrsd_cli.data.ednet_format import SOURCE_NAMES, Drops
 from dsrsd_cli.data.riiid_contents import RiiidContents, parse_riiid_contents
 from dsrsd_cli.data.riiid_interactions import assemble
 from dsrsd_cli.data.riiid_rows import CHUNK_BYTES, Rows, check_rows, iter_blocks, parse_block, read_header
-from dsrsd_cli.data.schema import EDNET_INTERACTIONS, SCHEMA_VERSION
+from dsrsd_cli.data.schema import EDNET_INTERACTIONS
 from dsrsd_cli.errors import BadInput
-from dsrsd_cli.io import atomic_dir, write_json
+from dsrsd_cli.io import atomic_dir
 
 FILES = ("train.csv", "questions.csv", "lectures.csv")
 SPILL_BYTES = 32 << 20  # train.csv bytes per spill part (5.4 GB: ~170 files)
@@ -111,7 +109,7 @@ def prepare_riiid(
     raw, out = Path(raw), Path(out)
     if out.exists() and not force:
         raise BadInput(f"{out}: output folder already exists; pass --force to replace it or choose another --out")
-    _clean_stale(out)
+    clean_stale(out)
     source = RawSource.open(raw)
     display = f"{raw}/" if source.kind == "dir" else f"{raw}:"
     found = {name: source.find(name) for name in FILES}
@@ -139,28 +137,17 @@ def prepare_riiid(
         if not totals.users:
             raise BadInput(f"{display}{train}: no usable answers (dropped: {dict(drops.counts)}); "
                            "check it against the Riiid train.csv format")
-        sizes = _write_splits(totals.users, seed, tmp / "splits.parquet")
-        manifest = {
-            "tool_version": __version__,
-            "schema_version": SCHEMA_VERSION,
-            "dataset": "ednet",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source": {"format": "riiid", "kind": source.kind, "path": str(raw), "files": source.fingerprint(),
-                       "kt_levels": [1], "timestamps": "ms since each learner's first event",
-                       "learners_contiguous": grouped},
-            "rows_in": totals.rows_in,     # data lines of train.csv read
-            "rows_out": totals.rows_out,   # interactions written
-            "dropped": dict(sorted(drops.counts.items())),
-            "dropped_first": dict(sorted(drops.first.items())),
-            "skipped": dict(sorted(totals.skipped.items())),
-            "vocab": {"question": contents.questions.num_rows, "bundle": contents.n_bundles,
-                      "tag": contents.n_tags, "lecture": contents.lectures.num_rows, "part": 7,
-                      "source": list(SOURCE_NAMES)},
-            "splits": {"seed": seed, "by": "learner", "sizes": sizes, "n_folds": 5},
-            "users": len(totals.users),
-        }
-        manifest.update(extra_manifest or {})
-        write_json(tmp / "manifest.json", manifest)
+        manifest = finish_folder(
+            tmp, users=totals.users, seed=seed,
+            source={"format": "riiid", "kind": source.kind, "path": str(raw), "files": source.fingerprint(),
+                    "kt_levels": [1], "timestamps": "ms since each learner's first event", "learners_contiguous": grouped},
+            counts={"rows_in": totals.rows_in,     # data lines of train.csv read
+                    "rows_out": totals.rows_out,   # interactions written
+                    **drops.summary(), "skipped": dict(sorted(totals.skipped.items()))},
+            vocab={"question": contents.questions.num_rows, "bundle": contents.n_bundles, "tag": contents.n_tags,
+                   "lecture": contents.lectures.num_rows, "part": 7, "source": list(SOURCE_NAMES)},
+            extra_manifest=extra_manifest,
+        )
     return manifest
 
 

@@ -20,6 +20,24 @@ parts may be run in separate invocations):
                         seeded subsamples of the training learners) and 1.0 (the runs of the
                         sample part, reused when present).
 Tuning happens on validation data only: every test figure here is read once.
+
+Equal tuning (--tune-trials N, N > 0; default 0: every model with the shipped preset):
+    python benchmarks/quality.py --parts ednet,ablation-ednet,curve-ednet --seeds 3 --tune-trials 8
+
+  Before its seeded runs, each of ednet, oulad and real tunes EVERY model of the part, DSRSD-Net,
+  each baseline and gbdt alike, with `dsrsd tune` and the same budget: N trials, the part's
+  prepared data, preset and overrides (+ train.threads=1), sampler seed 0 (TUNE_SEED),
+  validation AUC only (engine/tune.py). Studies live in OUT/tune/{ednet,oulad,real}/<model, ':'
+  as '-'>/ and are continued, never repeated, by a later invocation; a study holding more than
+  N finished trials is refused (the budget would not be equal). A model's
+  seeded runs then take the values of the searched keys from its study's best.toml, on top of
+  the same preset + overrides + train.threads=1, keeping their own train.seed per seed index;
+  a model whose study has no complete trial keeps the shipped preset (the part's markdown says
+  so). The ablation and curve parts reuse (or first run) the studies of their dataset: the
+  curve's models their own, at every train fraction; the ablation variants DSRSD-Net's (the
+  tuned model with one component removed). Tuned runs are kept apart from untuned ones, in
+  .../runs-tuned-N/ instead of .../runs/. Each part's markdown gets a "Tuning" section: the
+  budget, per model the tuned values and best validation AUC, and the tuning time.
 """
 
 from __future__ import annotations
@@ -44,6 +62,9 @@ CURVE_MODELS = "dsrsd,early,gbdt"
 CURVE_FRACTIONS = (0.1, 0.3, 1.0)
 PRESETS = {"ednet": "default", "oulad": "oulad"}
 REAL_OVERRIDES = ["data.target=at_risk", "data.cutoff_day=100"]
+REAL_MODELS = "dsrsd,early,gbdt"
+TUNE_SEED = 0                     # the sampler seed of every study: the same for every model
+SLOW_FIRST = {"coattn": 0, "dsrsd": 1, "concat": 2, "late": 3}   # the pool does not end on one long job
 
 
 # ---------------------------------------------------------------- training in parallel
@@ -62,18 +83,145 @@ def _train_one(job: tuple[dict, str]) -> str:
     return run_dir
 
 
-def train_all(preset: str, models: str, seeds: int, overrides: list[str], data: Path, out: Path, workers: int) -> list[Path]:
-    """Every model x seed of the plan into OUT/runs/ (reused when finished), `workers` at a time."""
-    from dsrsd_cli.engine.compare import plan_configs, run_folder_name
+def run_configs(preset: str, models: str, seeds: int, overrides: list[str], data: Path,
+                tuned: dict[str, dict | None] | None = None) -> list:
+    """Every model x seed (plan_configs: the same preset, overrides, data and budget; seeds
+    train.seed + 0..seeds-1), with train.threads=1; a model in `tuned` with values gets them
+    (the searched keys only, see tuned_values) on top, as --set overrides."""
+    from dsrsd_cli.engine.compare import parse_models, plan_configs
 
-    configs = plan_configs(preset, models=models, seeds=seeds, overrides=[*overrides, "train.threads=1"], data=data)
-    jobs = [(c.model_dump(), str(out / "runs" / run_folder_name(c.model.name, c.train.seed))) for c in configs]
-    slow = {"coattn": 0, "dsrsd": 1, "concat": 2, "late": 3}   # the slowest first: the pool does not end on one long run
+    common = [*overrides, "train.threads=1"]
+    if not tuned:
+        return plan_configs(preset, models=models, seeds=seeds, overrides=common, data=data)
+    return [cfg for model in parse_models(models)
+            for cfg in plan_configs(preset, models=model, seeds=seeds, overrides=[*common, *as_sets(tuned.get(model))], data=data)]
+
+
+def runs_folder(tune_trials: int) -> str:
+    """Where a plan's run folders go: untuned runs and runs tuned with N trials never share one."""
+    return "runs" if tune_trials <= 0 else f"runs-tuned-{tune_trials}"
+
+
+def train_all(preset: str, models: str, seeds: int, overrides: list[str], data: Path, out: Path, workers: int,
+              tuned: dict[str, dict | None] | None = None, runs: str = "runs") -> list[Path]:
+    """Every model x seed of the plan (run_configs) into OUT/<runs>/ (reused when finished), `workers` at a time."""
+    from dsrsd_cli.engine.compare import run_folder_name
+
+    configs = run_configs(preset, models, seeds, overrides, data, tuned)
+    jobs = [(c.model_dump(), str(out / runs / run_folder_name(c.model.name, c.train.seed))) for c in configs]
     in_plan_order = [Path(run_dir) for _, run_dir in jobs]
-    jobs = sorted(jobs, key=lambda job: slow.get(job[0]["model"]["name"].partition(":")[0], 9))
+    jobs = sorted(jobs, key=lambda job: SLOW_FIRST.get(job[0]["model"]["name"].partition(":")[0], 9))
     with mp.get_context("spawn").Pool(workers) as pool:
         pool.map(_train_one, jobs, chunksize=1)
     return in_plan_order
+
+
+# ---------------------------------------------------------------- equal tuning
+
+def _tune_one(job: tuple[str, int, str, list[str], str, str]) -> dict:
+    from dsrsd_cli.engine.tune import tune
+
+    model, trials, preset, overrides, data, out = job
+    t0 = time.time()
+    summary = tune(model=model, trials=trials, preset=preset, out=Path(out), overrides=overrides, data=Path(data),
+                   seed=TUNE_SEED, quiet=True)
+    print(f"  tuned {model}: {summary['finished']} finished trials, {summary['trained_now']} trained now ({out}) "
+          f"in {time.time() - t0:.0f}s", flush=True)
+    return summary
+
+
+def tune_dir(root: Path, model: str) -> Path:
+    return root / model.replace(":", "-")
+
+
+def tune_models(preset: str, models: str, trials: int, overrides: list[str], data: Path, root: Path,
+                workers: int) -> dict[str, dict]:
+    """`dsrsd tune` of every model with the same budget: `trials` trials on the same data, preset,
+    overrides + train.threads=1 and sampler seed, into ROOT/<model>/ (continued when there),
+    `workers` studies at a time; returns model -> the tune summary, in `models` order."""
+    from dsrsd_cli.engine.compare import parse_models
+
+    if trials < 1:
+        raise SystemExit(f"--tune-trials {trials}: must be at least 1 to tune")
+    names = parse_models(models)
+    sets = [*overrides, "train.threads=1"]
+    jobs = [(m, trials, preset, sets, str(data), str(tune_dir(root, m))) for m in names]
+    jobs.sort(key=lambda job: SLOW_FIRST.get(job[0].partition(":")[0], 9))
+    if workers > 1 and len(jobs) > 1:
+        with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+            summaries = pool.map(_tune_one, jobs, chunksize=1)
+    else:
+        summaries = [_tune_one(job) for job in jobs]
+    by_model = dict(zip((job[0] for job in jobs), summaries))
+    for model, summary in by_model.items():
+        if summary["finished"] > trials:
+            raise SystemExit(
+                f"{summary['out']}: the study of {model} holds {summary['finished']} finished trials, more than "
+                f"--tune-trials {trials}: every model must get the same budget; use --tune-trials {summary['finished']} "
+                "(or another --out)")
+    return {m: by_model[m] for m in names}
+
+
+def tuned_values(summary: dict) -> dict | None:
+    """The searched keys' values in the study's best.toml (key -> value); None when no trial completed."""
+    from dsrsd_cli.config import flat_keys, load_config
+
+    if summary["best"] is None or not summary.get("best_toml"):
+        return None
+    best = flat_keys(load_config(summary["best_toml"]))
+    return {key: best[key] for key in summary["space"]}
+
+
+def as_sets(values: dict | None) -> list[str]:
+    """Tuned values as --set items (exact: JSON numbers round-trip); none for an untuned model."""
+    return [f"{key}={json.dumps(value)}" for key, value in (values or {}).items()]
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def tuning_lines(summaries: dict[str, dict], values: dict[str, dict | None], *, trials: int, preset: str, root: Path,
+                 seconds: float, workers: int, note: str = "") -> list[str]:
+    """The part's markdown "Tuning" section."""
+    lines = ["### Tuning", "",
+             f"Every model below tuned by `dsrsd tune` with the same budget, **{trials} trials** each (TPE sampler seed "
+             f"{TUNE_SEED}, median pruning, validation AUC only), on the same prepared data, preset `{preset}` and overrides, "
+             f"`train.threads=1`; studies in `{root}/<model>/`. The seeded test runs take each model's best.toml values "
+             "for the searched keys; every other setting, train.seed per seed index included, is the plan's."
+             + (f" {note}" if note else ""), "",
+             "| model | finished trials (complete / pruned / failed) | best valid AUC | tuned values |", "|---|---|---:|---|"]
+    untuned = []
+    for model, s in summaries.items():
+        counts = f"{s['finished']} ({s['complete']} / {s['pruned']} / {s['failed']})"
+        if values.get(model) is None:
+            untuned.append(model)
+            lines.append(f"| {model} | {counts} | — | no complete trial: shipped preset `{preset}` |")
+        else:
+            tuned = ", ".join(f"{k}={_fmt(v)}" for k, v in values[model].items())
+            lines.append(f"| {model} | {counts} | {s['best']['valid_auc']:.4f} | {tuned} |")
+    if untuned:
+        lines += ["", f"**Not tuned** (no complete trial in {trials}): {', '.join(untuned)}: "
+                      f"the seeded runs use the shipped preset `{preset}`."]
+    trial_seconds = sum(t["seconds"] or 0 for s in summaries.values() for t in s["trials"])
+    finished = sum(s["finished"] for s in summaries.values())
+    lines += ["", f"Tuning time: {trial_seconds:.0f} s of trials in all ({finished} finished trials over {len(summaries)} "
+                  f"studies); {seconds:.0f} s wall in this invocation ({workers} workers, 1 thread each; trials "
+                  "finished earlier are reused, not retrained).", ""]
+    return lines
+
+
+def tuning(key: str, preset: str, models: str, overrides: list[str], data: Path, args,
+           note: str = "") -> tuple[dict[str, dict | None] | None, list[str]]:
+    """The part's tuning step: (model -> tuned values, or None when --tune-trials is 0; markdown lines)."""
+    if args.tune_trials <= 0:
+        return None, []
+    root = args.out / "tune" / key
+    t0 = time.time()
+    summaries = tune_models(preset, models, args.tune_trials, overrides, data, root, args.workers)
+    values = {model: tuned_values(s) for model, s in summaries.items()}
+    return values, tuning_lines(summaries, values, trials=args.tune_trials, preset=preset, root=root,
+                                seconds=time.time() - t0, workers=args.workers, note=note)
 
 
 def prepared_sample(dataset: str, out: Path) -> Path:
@@ -201,9 +349,11 @@ def sample_part(dataset: str, args) -> tuple[list[str], list]:
     from dsrsd_cli.engine.compare import compare
 
     data = prepared_sample(dataset, args.out)
-    t0 = time.time()
     models = args.models or MODELS[dataset]
-    runs = train_all(PRESETS[dataset], models, args.seeds, args.set, data, args.out / f"compare_{dataset}", args.workers)
+    tuned, tune_md = tuning(dataset, PRESETS[dataset], models, args.set, data, args)
+    t0 = time.time()
+    runs = train_all(PRESETS[dataset], models, args.seeds, args.set, data, args.out / f"compare_{dataset}", args.workers,
+                     tuned, runs_folder(args.tune_trials))
     result = compare(runs, out=args.out / f"compare_{dataset}", device="cpu")
     ref = next(m for m in result["models"] if m["label"] == result["reference"])
     ref_run = Path(ref["runs"][0]["run_dir"])
@@ -212,13 +362,13 @@ def sample_part(dataset: str, args) -> tuple[list[str], list]:
     latent = (f" (the latent-only p_at_risk, which ignores the withdrawal the logs show: {oracles['latent_only']:.4f})"
               if "latent_only" in oracles else "")
     lines = [f"## Built-in {dataset} sample ({result['test_rows']:,} test rows, {result['learners']:,} learners, "
-             f"{args.seeds} seeds, preset `{PRESETS[dataset]}`)", "",
+             f"{args.seeds} seeds, preset `{PRESETS[dataset]}`{_tuned_title(args)})", "",
              f"Oracle AUC (ground-truth probabilities, same test rows): **{oracle:.4f}**{latent}; "
              f"DSRSD-Net {dsrsd:.4f} (gap {oracle - dsrsd:+.4f}). Training: {time.time() - t0:.0f} s for {len(runs)} runs.", ""]
     lines += comparison_lines(result) + [""]
     diag = mechanisms(ref_run)
     lines += [f"DSRSD-Net mechanism diagnostics (seed {ref['runs'][0]['seed']}, best epoch on validation, and test):", ""]
-    lines += mechanism_lines(diag) + [""]
+    lines += mechanism_lines(diag) + [""] + tune_md
     targets = [(f"{dataset}: DSRSD-Net within 0.01 of the oracle", oracle - dsrsd <= 0.01, f"gap {oracle - dsrsd:+.4f}")]
     targets += versus_targets(dataset, result)
     for mod in result["modalities"]:
@@ -236,11 +386,14 @@ def real_part(args) -> tuple[list[str], list]:
     from dsrsd_cli.engine.compare import compare
 
     data = prepared_real_oulad(args.out)
-    models = args.models or "dsrsd,early,gbdt"
-    runs = train_all("oulad", models, args.seeds, REAL_OVERRIDES, data, args.out / "compare_oulad_real", args.workers)
+    models = args.models or REAL_MODELS
+    tuned, tune_md = tuning("real", "oulad", models, REAL_OVERRIDES, data, args)
+    runs = train_all("oulad", models, args.seeds, REAL_OVERRIDES, data, args.out / "compare_oulad_real", args.workers,
+                     tuned, runs_folder(args.tune_trials))
     result = compare(runs, out=args.out / "compare_oulad_real", device="cpu")
-    lines = [f"## Real OULAD extract: at_risk at cutoff day 100 ({result['test_rows']:,} test registrations, {args.seeds} seeds)", ""]
-    lines += comparison_lines(result, valid_auc=True) + [""]
+    lines = [f"## Real OULAD extract: at_risk at cutoff day 100 ({result['test_rows']:,} test registrations, "
+             f"{args.seeds} seeds{_tuned_title(args)})", ""]
+    lines += comparison_lines(result, valid_auc=True) + [""] + tune_md
     return lines, versus_targets("real OULAD", result)
 
 
@@ -249,10 +402,16 @@ def ablation_part(dataset: str, args) -> tuple[list[str], list]:
 
     data = prepared_sample(dataset, args.out)
     out = args.out / f"compare_{dataset}"   # shares the dsrsd runs of the sample part
-    runs = train_all(PRESETS[dataset], ABLATIONS, args.seeds, args.set, data, out, args.workers)
+    tuned, tune_md = tuning(dataset, PRESETS[dataset], "dsrsd", args.set, data, args,
+                            note="Here the study of dsrsd (shared with the sample part) gives its values to dsrsd "
+                                 "and to every ablation variant: each variant is the tuned DSRSD-Net with one component removed.")
+    if tuned is not None:
+        tuned = {model: tuned["dsrsd"] for model in ABLATIONS.split(",")}
+    runs = train_all(PRESETS[dataset], ABLATIONS, args.seeds, args.set, data, out, args.workers, tuned, runs_folder(args.tune_trials))
     result = compare(runs, out=args.out / f"ablation_{dataset}", device="cpu")
-    lines = [f"## Ablations on the built-in {dataset} sample ({args.seeds} seeds; Δ and p against full DSRSD-Net)", ""]
-    lines += comparison_lines(result, valid_auc=True) + [""]
+    lines = [f"## Ablations on the built-in {dataset} sample ({args.seeds} seeds{_tuned_title(args)}; "
+             "Δ and p against full DSRSD-Net)", ""]
+    lines += comparison_lines(result, valid_auc=True) + [""] + tune_md
     targets = []
     full = next(m for m in result["models"] if m["label"] == result["reference"])
     full_valid = _mean_valid(full)
@@ -264,6 +423,10 @@ def ablation_part(dataset: str, args) -> tuple[list[str], list]:
         targets.append((f"{dataset}: {m['label']} costs validation AUC or robustness", valid_cost > 0 or robust_cost > 0,
                         f"valid AUC {-valid_cost:+.4f}, largest extra drop without a modality {robust_cost:+.4f}"))
     return lines, targets
+
+
+def _tuned_title(args) -> str:
+    return f", every model tuned with {args.tune_trials} trials" if args.tune_trials > 0 else ""
 
 
 def _mean_valid(model: dict) -> float:
@@ -278,17 +441,21 @@ def curve_part(dataset: str, args) -> tuple[list[str], list]:
     data = prepared_sample(dataset, args.out)
     models = args.models or CURVE_MODELS
     out = args.out / f"curve_{dataset}"
+    tuned, tune_md = tuning(dataset, PRESETS[dataset], models, args.set, data, args,
+                            note="The studies are those of the sample part, tuned on the full training set; "
+                                 "their values are used at every train fraction.")
     points = []
     for f in CURVE_FRACTIONS:
         sets = [*args.set, f"data.train_fraction={f}"] if f < 1 else list(args.set)
         folder = out / f"fraction_{f:g}" if f < 1 else args.out / f"compare_{dataset}"   # 1.0: the sample part's runs
-        runs = train_all(PRESETS[dataset], models, args.seeds, sets, data, folder, args.workers)
+        runs = train_all(PRESETS[dataset], models, args.seeds, sets, data, folder, args.workers, tuned,
+                         runs_folder(args.tune_trials))
         result = compare(runs, out=out / f"fraction_{f:g}", device="cpu")
         cfg = load_config(PRESETS[dataset], [*sets, f"data.path={json.dumps(str(data))}"])
         points += curve_points(result, f, training_learners(cfg))
     curve = write_learning_curve(out, PRESETS[dataset], CURVE_FRACTIONS, points)
-    lines = [f"## Learning curve on the built-in {dataset} sample ({args.seeds} seeds)", ""]
-    lines += (out / "learning_curve.md").read_text().splitlines()[2:] + [""]
+    lines = [f"## Learning curve on the built-in {dataset} sample ({args.seeds} seeds{_tuned_title(args)})", ""]
+    lines += (out / "learning_curve.md").read_text().splitlines()[2:] + [""] + tune_md
     targets = []
     for f in CURVE_FRACTIONS:
         at = {p["model"]: p for p in curve["points"] if p["fraction"] == f}
@@ -300,7 +467,7 @@ def curve_part(dataset: str, args) -> tuple[list[str], list]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench_out/quality"))
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
@@ -308,7 +475,15 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for the sample parts, as `dsrsd train --set` (repeatable)")
     ap.add_argument("--models", default=None, help="a subset for a quicker look, e.g. dsrsd,early,gbdt (default: the part's)")
+    ap.add_argument("--tune-trials", type=int, default=0, metavar="N",
+                    help="equal tuning: with N > 0, every model of a part (DSRSD-Net, each baseline, gbdt) is first tuned by "
+                         "`dsrsd tune` with N trials on the same data, preset, overrides and seed (validation AUC only), "
+                         "into OUT/tune/<part or dataset>/<model>/ (continued when there); its seeded runs then use the "
+                         "tuned values of the searched keys (run folders .../runs-tuned-N/), the ablation variants "
+                         "DSRSD-Net's. 0 (default): the shipped presets, no tuning")
     args = ap.parse_args()
+    if args.tune_trials < 0:
+        raise SystemExit(f"--tune-trials {args.tune_trials}: must be 0 (no tuning) or more")
     parts = {
         "ednet": lambda: sample_part("ednet", args), "oulad": lambda: sample_part("oulad", args), "real": lambda: real_part(args),
         "ablation-ednet": lambda: ablation_part("ednet", args), "ablation-oulad": lambda: ablation_part("oulad", args),
@@ -321,7 +496,8 @@ def main() -> None:
     for name in args.parts.split(","):
         t0 = time.time()
         lines, targets = parts[name]()
-        lines.append(f"Part `{name}`: {time.time() - t0:.0f} s wall time ({args.workers} workers, 1 thread each).")
+        lines.append(f"Part `{name}`: {time.time() - t0:.0f} s wall time ({args.workers} workers, 1 thread each"
+                     f"{f', tuning included' if args.tune_trials > 0 else ''}).")
         (args.out / "parts" / f"{name}.md").write_text("\n".join(lines) + "\n")
         (args.out / "parts" / f"{name}.targets.json").write_text(json.dumps([(t, bool(met), fig) for t, met, fig in targets]))
         print("\n".join(lines), flush=True)

@@ -53,6 +53,8 @@ class ModelConfig(_Strict):
     n_layers: int = Field(1, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     modality_dropout: float = Field(0.15, ge=0.0, lt=1.0)
+    # EdNet: each modality's encoder reads the joint interaction history (docs/method.md#encoders-h_m)
+    joint_memory: bool = True
 
 
 class DSRSDConfig(_Strict):

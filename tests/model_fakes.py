@@ -69,6 +69,8 @@ def ednet_batch(spec: DataSpec, *, batch_size: int = 4, seed: int = 0, context: 
     mask = valid.clone()
     mask[1:, :context] = False                                                # carried-over context is not scored
     position = torch.where(valid, torch.arange(T).expand(B, T) + 10 * torch.arange(B).unsqueeze(1), -1)
+    gaps = torch.rand(B, T, generator=g).pow(4) * 48.0 * (first_of_bundle & valid)      # hours between bundles
+    hours = gaps.cumsum(dim=1) * valid
     return Batch(
         inputs={
             "item": {"question": on(randint(1, spec.vocab["item.question"], B, T)), "bundle": bundle},
@@ -82,7 +84,7 @@ def ednet_batch(spec: DataSpec, *, batch_size: int = 4, seed: int = 0, context: 
         mask=mask,
         valid=valid,
         keys={"user": [f"u{b + 1}" for b in range(B)], "position": position},
-        context={"response": response, "bundle_group": bundle_group},
+        context={"response": response, "bundle_group": bundle_group, "hours": hours},
     )
 
 

@@ -287,3 +287,26 @@ def test_the_probe_reads_a_real_dsrsd_fusion_forward():
     assert r["align_rows"] < 16 and r["shared_rank_max"] == 4 and r["gate_units"] == B
     assert r["gate_entropy"] <= r["gate_entropy_max"] + 1e-9
     assert sum(r[f"gate_mean_{n}"] for n in ("consensus", "a", "b")) == pytest.approx(1.0)
+
+
+def test_alignment_with_learner_groups_counts_only_other_learners_as_candidates():
+    g = _gen(21)
+    learner = torch.randn(8, K, generator=g)
+    group = torch.arange(N) // (N // 8)                                  # 8 learners, contiguous as in a batch
+    # both views = the learner's vector + small step noise: only the learner is shared
+    za = learner[group] + 0.05 * torch.randn(N, K, generator=g)
+    zb = learner[group] + 0.05 * torch.randn(N, K, generator=g)
+    z, present = {"a": za, "b": zb}, {"a": _all(), "b": _all()}
+    plain, grouped = alignment(z, present, 0.1), alignment(z, present, 0.1, group)
+    # counting same-learner steps as negatives, the views look barely aligned; without them, fully
+    assert plain["infonce"] > 0.5 * plain["infonce_chance"]
+    assert grouped["infonce"] < 0.1 * grouped["infonce_chance"] and grouped["retrieval_top1"] == 1.0
+    # chance: ln of the candidates (the partner + the other learners' rows)
+    assert grouped["infonce_chance"] == pytest.approx(math.log(N - N // 8 + 1))
+    assert grouped["retrieval_chance"] == pytest.approx(1 / (N - N // 8 + 1))
+    assert grouped["infonce_shuffled"] > grouped["infonce_chance"]
+
+    probe = MechanismProbe(tau=0.1)                                     # the probe carries the groups through
+    probe.add({"losses": {}, "shared": z, "private": z, "aux_present": present, "aux_group": group})
+    result = probe.result()
+    assert result["align_infonce"] == pytest.approx(grouped["infonce"]) and result["align_top1"] == 1.0

@@ -266,9 +266,25 @@ def test_oulad_population_at_a_cutoff(oulad):
     for cutoff in (0, 60, 150):
         batch = whole(prepared, "all", oulad_cfg(cutoff_day=cutoff))
         left = regs["date_unregistration"].notna() & (regs["date_unregistration"] < cutoff)
-        want = set(zip(regs.loc[~left, "code_module"], regs.loc[~left, "id_student"]))
+        not_yet = regs["date_registration"].notna() & (regs["date_registration"] >= cutoff)
+        out = left | not_yet
+        want = set(zip(regs.loc[~out, "code_module"], regs.loc[~out, "id_student"]))
         assert set(zip(batch.keys["code_module"], batch.keys["id_student"].tolist())) == want
         assert len(want) < len(regs) or cutoff == 0
+    assert whole(prepared, "all", oulad_cfg(cutoff_day=None)).size == len(regs)   # end of presentation: everyone
+
+
+def test_registering_on_or_after_the_cutoff_day_is_out(tmp_path):
+    """At the cutoff they are not students yet; their registration date would be a look ahead."""
+    tables = oulad_tables(n_students=6, seed=5)
+    regs = tables["registrations"]
+    regs["date_registration"] = [-30, 49, 50, 80, None, -1, 0, 51][: len(regs)]
+    regs["date_unregistration"] = None
+    prepared = open_prepared(write_prepared(tmp_path, "oulad", tables))
+    batch = whole(prepared, "all", oulad_cfg(cutoff_day=50))
+    kept = regs[regs["date_registration"].isna() | (regs["date_registration"] < 50)]
+    assert sorted(batch.keys["id_student"].tolist()) == sorted(kept["id_student"])
+    assert len(kept) < len(regs)
     assert whole(prepared, "all", oulad_cfg(cutoff_day=None)).size == len(regs)   # end of presentation: everyone
 
 

@@ -171,3 +171,20 @@ def test_info_nce_is_the_mean_symmetric_cross_entropy_with_its_gradient(tau):
     fast_grad = torch.autograd.grad(fast, list(z.values()))
     slow_grad = torch.autograd.grad(slow, list(z.values()))
     assert all(torch.allclose(f, s, rtol=1e-4, atol=1e-6) for f, s in zip(fast_grad, slow_grad))
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.01])
+def test_info_nce_leaves_rows_of_the_same_learner_out_of_the_negatives(tau):
+    g = torch.Generator().manual_seed(5)
+    z = {m: torch.randn(N, D, generator=g, requires_grad=True) for m in "ab"}
+    here = {m: torch.ones(N, dtype=torch.bool) for m in "ab"}
+    group = torch.randint(0, 6, (N,), generator=g)
+
+    za, zb = F.normalize(z["a"], dim=-1), F.normalize(z["b"], dim=-1)
+    logits = (za @ zb.T / tau).masked_fill((group[:, None] == group[None, :]) & ~torch.eye(N, dtype=torch.bool), float("-inf"))
+    target = torch.arange(N)
+    reference = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    assert torch.allclose(info_nce(z, here, tau, group), reference, rtol=1e-5)
+    # one group per row is the plain InfoNCE; one group for all leaves only the positive: loss 0
+    assert torch.allclose(info_nce(z, here, tau, torch.arange(N)), info_nce(z, here, tau), rtol=1e-6)
+    assert float(info_nce(z, here, tau, torch.zeros(N, dtype=torch.long)).detach()) == pytest.approx(0.0, abs=1e-5)

@@ -179,6 +179,15 @@ def test_three_trials_write_a_best_toml_in_the_space_equal_to_the_best_trial(oul
     from dsrsd_cli.engine.compare import plan_configs   # `dsrsd compare --preset OUT/best.toml` accepts it
     assert plan_configs(str(out / "best.toml"), models="dsrsd,late", seeds=1)[0].model_dump() == {**got, "preset": "best"}
 
+    # trial 0 is the preset itself (its values of every searched key inside the space)
+    from dsrsd_cli.config import flat_keys
+    from dsrsd_cli.engine.train import config_from_cli
+    preset_values = flat_keys(config_from_cli(PRESET, model="dsrsd", data=oulad_sample, overrides=SETS))
+    inside = [k for k in space if space[k].contains(preset_values[k])]   # smoke: d_model 16, k_shared 8 are not: sampled
+    first = study.trials[0]
+    assert len(inside) >= len(space) - 2 and first.user_attrs.get("preset") is True   # d_model, k_shared
+    assert all(first.params[k] == preset_values[k] for k in inside)
+
     table = pd.read_csv(out / "trials.csv")
     assert list(table["number"]) == [0, 1, 2] and set(table["state"]) == {"COMPLETE"}
     assert {"value", "seconds", "epochs", "train.lr", "dsrsd.tau"} <= set(table.columns)

@@ -256,7 +256,7 @@ def ednet_dataset(prepared: Prepared, split: str, data_cfg: DataConfig) -> Ednet
         users = sorted(splits.loc[split_mask(splits, split, data_cfg, splits_file, "ednet", "user"), "user"].astype(str))
     table = read_table(
         prepared, "interactions.parquet",
-        [name for name in schema.EDNET_INTERACTIONS.names if name not in ("timestamp", "kt_level")],
+        [name for name in schema.EDNET_INTERACTIONS.names if name != "kt_level"],
         filters=None if users is None else pc.field("user").isin(pa.array(users, pa.string())),
         read_dictionary=["user"],
     )
@@ -287,6 +287,7 @@ def ednet_dataset(prepared: Prepared, split: str, data_cfg: DataConfig) -> Ednet
     new_bundle[1:] |= arrays["bundle"][1:] != arrays["bundle"][:-1]
     user_starts = np.flatnonzero(new_user)
     user_ends = np.append(user_starts[1:], n)
+    arrays["hours"] = _hours_since_first(table["timestamp"], user_code)
     windows = ednet_windows(
         user_starts, user_ends, np.flatnonzero(new_bundle), max_len=data_cfg.max_len, context=data_cfg.context
     )
@@ -340,6 +341,16 @@ def _ednet_arrays(prepared: Prepared, table: pa.Table, user_code: np.ndarray, na
 
     arrays["lecture_part"], arrays["lecture_tags"] = _lecture_content(prepared, table["lectures"], width, in_range)
     return arrays
+
+
+def _hours_since_first(timestamp: pa.ChunkedArray, user_code: np.ndarray) -> np.ndarray:
+    """(n,) float32 hours since the learner's first timestamp: the clock of the encoders'
+    forgetting. A null timestamp (an `order` custom log) repeats the learner's previous one;
+    a learner without any has 0 throughout (no time passes, only steps)."""
+    ms = pd.Series(timestamp.to_numpy(zero_copy_only=False), dtype="float64")
+    ms = ms.groupby(user_code).ffill()
+    first = ms.groupby(user_code).transform("min")
+    return ((ms - first) / 3.6e6).fillna(0.0).clip(lower=0.0).to_numpy(np.float32)
 
 
 def _list_matrix(column: pa.ChunkedArray | pa.Array, width: int, dtype) -> np.ndarray:
@@ -443,5 +454,5 @@ def collate_ednet(examples: list[Example]) -> Batch:
         mask=mask,
         valid=valid,
         keys={"user": [ex.keys["user"] for ex in examples], "position": pad("position", fill=-1).long()},
-        context={"response": correct, "bundle_group": bundle_group},
+        context={"response": correct, "bundle_group": bundle_group, "hours": pad("hours")},
     )

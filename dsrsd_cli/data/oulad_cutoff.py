@@ -135,7 +135,9 @@ def oulad_population(registrations: pd.DataFrame, cutoffs: np.ndarray, cutoff_da
     """Which registrations are predicted at this cutoff.
 
     With a cutoff day, students who unregistered before it are out: at that day the
-    platform knows they left, so there is nothing to predict. With no cutoff (end of the
+    platform knows they left, so there is nothing to predict. Students who register on or
+    after it are out too: at that day they are not students yet, and their registration
+    date (a feature) would tell the model about the future. With no cutoff (end of the
     presentation) everyone stays, so the task includes predicting withdrawal.
     date_unregistration is used only here, never as a feature. Targets may exclude
     results (pass_fail drops Withdrawn).
@@ -143,7 +145,9 @@ def oulad_population(registrations: pd.DataFrame, cutoffs: np.ndarray, cutoff_da
     keep = ~registrations["final_result"].isin(OULAD_TARGETS[target].excluded).to_numpy()
     if cutoff_day is not None:
         unregistered = registrations["date_unregistration"].to_numpy(dtype=np.float64)
+        registered = registrations["date_registration"].to_numpy(dtype=np.float64)
         keep &= ~(unregistered < cutoffs)          # NaN (still registered) compares False
+        keep &= ~(registered >= cutoffs)           # NaN (date unknown) stays, as before
     return keep
 
 

@@ -70,7 +70,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from dsrsd_cli import __version__
-from dsrsd_cli.config import MOVED_KEYS, RunConfig, result_settings
+from dsrsd_cli.config import MOVED_KEYS, RunConfig, flat_keys, result_settings
 from dsrsd_cli.engine.runs import METRICS_FILE, PREDICTIONS_FILE, STATE_FILE
 from dsrsd_cli.engine.train import TrainingInterrupted, config_from_cli, train_run
 from dsrsd_cli.engine.tune_space import Dim, family_of, search_space
@@ -168,11 +168,23 @@ def tune(
             runner = _Runner(study, out=out, preset=preset, model=model, data=data, overrides=overrides, space=space,
                              seed=seed, console=console)
             runner.requeue_stale()
+            if not study.trials:
+                enqueue_preset(study, base, space)
             runner.run_until(trials)
             return runner.finish(trials)
         finally:
             with contextlib.suppress(Exception):
                 storage.engine.dispose()
+
+
+def enqueue_preset(study, base: RunConfig, space: dict) -> None:
+    """Trial 0 of a new study is the preset itself (its values of the searched keys, those
+    inside the space): with a small budget, tuning then never ends below the shipped preset
+    on validation, and every model's study starts from its own preset alike."""
+    values = flat_keys(base)
+    start = {key: values[key] for key, dim in space.items() if key in values and dim.contains(values[key])}
+    if start:
+        study.enqueue_trial(start, user_attrs={"preset": True})
 
 
 def _check_model(base: RunConfig) -> str:

@@ -12,6 +12,8 @@ align_infonce          symmetric InfoNCE between the modalities' shared embeddin
                          similarities spread: about ln N + 1/(2 tau^2 k) for random ones), so compare with both.
 align_top1             share of units whose most cosine-similar unit in the other modality is itself.
   align_top1_chance      reference 1/N (random); 1 = perfect cross-modal retrieval (both directions).
+  EdNet: a unit's candidates are its partner and the units of OTHER learners (fusion's
+  "aux_group", as in the training loss), so N above is the mean number of candidates.
 shared_effective_rank  exp(entropy of the normalised singular values) of the centred shared space (Roy & Vetterli 2007).
   shared_rank_max        reference k: near k = the space is used evenly; near 1 = collapsed to a line.
 shared_mean_abs_offdiag_corr  mean |correlation| between different shared dimensions.
@@ -44,6 +46,7 @@ from torch import Tensor
 from dsrsd_cli.model import losses
 
 NAN = float("nan")
+_GROUP = "\0group"   # MechanismProbe's key for aux["aux_group"] among the pooled per-row tensors
 
 # Per key of MechanismProbe.result(): one line on what it is and what to read it against.
 MEANINGS: dict[str, str] = {
@@ -92,9 +95,12 @@ def _present_rows(x: Tensor, present: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------- alignment
 
-def alignment(z: Mapping[str, Tensor], present: Mapping[str, Tensor], tau: float) -> dict[str, float]:
+def alignment(z: Mapping[str, Tensor], present: Mapping[str, Tensor], tau: float,
+              group: Tensor | None = None) -> dict[str, float]:
     """Cross-modal alignment of the shared embeddings z: modality -> (N, k), over every pair of
     modalities, on the rows where both are present (pairs with < 2 such rows are skipped).
+    group (N,), optional: rows of one learner are not candidates for each other (as in the
+    training loss, losses.info_nce), in the InfoNCE, its chance and the retrieval alike.
 
     "infonce" mean symmetric InfoNCE (losses.info_nce) over pairs; "infonce_chance" mean ln n;
     "infonce_shuffled" the InfoNCE of the same rows with the pairing broken (the other
@@ -111,14 +117,23 @@ def alignment(z: Mapping[str, Tensor], present: Mapping[str, Tensor], tau: float
         if n < 2:
             continue
         everyone = torch.ones(n, dtype=torch.bool)
-        infonce.append(float(losses.info_nce({a: za, b: zb}, {a: everyone, b: everyone}, tau)))
+        g = None if group is None else group.detach().cpu()[both]
+        infonce.append(float(losses.info_nce({a: za, b: zb}, {a: everyone, b: everyone}, tau, g)))
         # the same embeddings with the pairing broken (b's rows shifted by n // 2): chance for this geometry
-        shuffled.append(float(losses.info_nce({a: za, b: zb.roll(n // 2, 0)}, {a: everyone, b: everyone}, tau)))
-        chance.append(math.log(n))
+        if g is None:
+            shuffled.append(float(losses.info_nce({a: za, b: zb.roll(n // 2, 0)}, {a: everyone, b: everyone}, tau)))
+        else:   # rows of b's new partner's learner are left out, as the true partner's are
+            exclude = losses.same_group(g, g.roll(n // 2, 0))
+            shuffled.append(float(losses._symmetric_cross_entropy(F.normalize(za.float(), dim=-1),
+                                                                  F.normalize(zb.roll(n // 2, 0).float(), dim=-1), tau, exclude)))
+        candidates = torch.full((n,), float(n)) if g is None else n - losses.same_group(g).sum(1).double()
+        chance.append(float(candidates.log().mean()))
         sim = F.normalize(za, dim=-1) @ F.normalize(zb, dim=-1).T                      # (n, n)
+        if g is not None:
+            sim = sim.masked_fill(losses.same_group(g), float("-inf"))
         own = torch.arange(n)
         top1.append(0.5 * (float((sim.argmax(1) == own).double().mean()) + float((sim.argmax(0) == own).double().mean())))
-        top1_chance.append(1.0 / n)
+        top1_chance.append(float((1.0 / candidates).mean()))
         rows.append(float(n))
     mean = lambda v: sum(v) / len(v) if v else NAN  # noqa: E731
     return {"infonce": mean(infonce), "infonce_chance": mean(chance), "infonce_shuffled": mean(shuffled), "retrieval_top1": mean(top1),
@@ -258,7 +273,10 @@ class MechanismProbe:
         """One eval forward's ModelOutput.aux. gate_rows (V,) bool, optional: the rows of
         aux["gates"] to count (e.g. the scored units). Models without these keys: no-op."""
         if all(key in aux for key in ("shared", "private", "aux_present")) and aux["shared"]:
-            self._add_rows(aux["shared"], aux["private"], aux["aux_present"])
+            present = dict(aux["aux_present"])
+            if "aux_group" in aux:                    # carried as a pseudo-modality: pooled and thinned alike
+                present[_GROUP] = aux["aux_group"]
+            self._add_rows(aux["shared"], aux["private"], present)
         if "gates" in aux and "gate_names" in aux:
             gates = aux["gates"]
             if gate_rows is not None:
@@ -275,6 +293,7 @@ class MechanismProbe:
 
     def _add_rows(self, shared: Mapping[str, Tensor], private: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> None:
         names = sorted(shared)
+        extra = sorted(set(present) - set(names))     # _GROUP
         if self._modalities is None:
             self._modalities = names
         elif names != self._modalities:
@@ -285,7 +304,7 @@ class MechanismProbe:
         keep = index % self._stride == 0
         cpu = lambda x: x.detach()[keep.to(x.device)].to("cpu", torch.float32 if x.is_floating_point() else x.dtype)  # noqa: E731
         self._chunks.append((index[keep], {m: cpu(shared[m]) for m in names}, {m: cpu(private[m]) for m in names},
-                             {m: cpu(present[m].bool()) for m in names}))
+                             {**{m: cpu(present[m].bool()) for m in names}, **{m: cpu(present[m]) for m in extra}}))
         self._held += int(keep.sum())
         while self._held > 2 * self.max_rows:
             self._stride *= 2
@@ -301,7 +320,7 @@ class MechanismProbe:
         names = self._modalities or []
         z = {m: torch.cat([c[1][m] for c in self._chunks]) for m in names}
         q = {m: torch.cat([c[2][m] for c in self._chunks]) for m in names}
-        present = {m: torch.cat([c[3][m] for c in self._chunks]) for m in names}
+        present = {m: torch.cat([c[3][m] for c in self._chunks]) for m in self._chunks[0][3]} if self._chunks else {}
         n = self._held
         if n > self.max_rows:
             pick = torch.linspace(0, n - 1, self.max_rows, dtype=torch.float64).round().long()
@@ -312,7 +331,8 @@ class MechanismProbe:
         out: dict[str, Any] = {}
         if self._modalities is not None:
             z, q, present = self._pooled()
-            a = alignment(z, present, self.tau)
+            group = present.pop(_GROUP, None)
+            a = alignment(z, present, self.tau, group)
             out.update(align_infonce=a["infonce"], align_infonce_chance=a["infonce_chance"], align_infonce_shuffled=a["infonce_shuffled"],
                        align_top1=a["retrieval_top1"], align_top1_chance=a["retrieval_chance"],
                        align_rows=a["rows"], align_pairs=a["pairs"], align_tau=self.tau)

@@ -10,8 +10,9 @@ comparison uses the same encoders at the same sizes:
 - OULAD: `SetEncoder`, a small transformer over one row's tokens (demographic columns,
   weeks of clicks, assessments) with an always-visible summary token.
 
-Just over 500 lines on purpose: the input modules of both datasets, `CustomFeatures` and the
-builders share `NumericEmbedding`, `View` and `Tokens`; one file keeps that seam in one place.
+The EdNet core and its masks live in interaction_core.py. This file holds the input modules
+of both datasets, `CustomFeatures`, the OULAD set encoder and the builders: about 500 lines,
+kept together because they share `NumericEmbedding`, `View` and `Tokens`.
 
 The EdNet modalities share one core module *stacked* over them: each modality keeps its
 own weights, but the M encoders run as one batched computation (`EdNetEncoders`), with
@@ -22,7 +23,7 @@ The transformer parts they are made of and their init are generic: blocks.py.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,22 +32,9 @@ from torch import Tensor, nn
 from dsrsd_cli.config import ModelConfig
 from dsrsd_cli.data.schema import BEHAVIOR_FEATURES
 from dsrsd_cli.errors import BadInput
-from dsrsd_cli.model.blocks import (
-    Block, Dropout, StackedLayerNorm, StackedLinear, attention_bias, init_small_, stack_copies,
-)
+from dsrsd_cli.model.blocks import Block, Dropout, attention_bias, init_small_
+from dsrsd_cli.model.interaction_core import CausalInteractionEncoder, View
 from dsrsd_cli.types import Batch, DataSpec
-
-
-class View(NamedTuple):
-    """EdNet per-step embeddings of one modality, each (B, T, d) (stacked for the core: (M, B, T, d)).
-
-    query:  what is known when step t is shown; it may feed step t's own prediction.
-    memory: the whole interaction of step t (the query plus what is known only after
-            answering); the core lets it reach only steps of LATER bundles.
-    """
-
-    query: Tensor
-    memory: Tensor
 
 
 class Tokens(NamedTuple):
@@ -71,70 +59,6 @@ class Encoded(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- EdNet
-
-
-def earlier_bundles(bundle_group: Tensor, valid: Tensor) -> Tensor:
-    """(B, T, T) bool: [b, t, t'] is True iff t' is a real step of a bundle before t's bundle.
-
-    This is the leakage rule of docs/leakage.md#the-block-causal-mask: responses and "post" features of step t' may
-    reach step t only then.
-    """
-    return (bundle_group.unsqueeze(1) < bundle_group.unsqueeze(2)) & valid.unsqueeze(1)
-
-
-def same_or_earlier_bundles(bundle_group: Tensor, valid: Tensor) -> Tensor:
-    """(B, T, T) bool: t' is a real step of t's bundle or an earlier one, or t' == t.
-
-    For attention between encoder OUTPUTS: h(t') holds only what is known when t' is shown,
-    which for a step of the same bundle is known when t is shown too.
-    """
-    T = bundle_group.shape[1]
-    diagonal = torch.eye(T, dtype=torch.bool, device=bundle_group.device)
-    return ((bundle_group.unsqueeze(1) <= bundle_group.unsqueeze(2)) & valid.unsqueeze(1)) | diagonal
-
-
-class CausalInteractionEncoder(nn.Module):
-    """SAKT-like encoder of S EdNet views at once (one per modality), causal and
-    block-causal by bundle; the S copies share nothing but the mask.
-
-    Step t's query attends to the memory of steps of EARLIER bundles (their full
-    interaction, with a projection chosen by the response: SAKT's interaction
-    embedding), plus a learned start slot that is always visible, so the first bundle
-    has something to attend to. The query enters the output through the residual.
-
-    forward(view: View (S, B, T, d) x2, response (B, T) long, bundle_group (B, T) long,
-            valid (B, T) bool) -> h (S, B, T, d)
-    """
-
-    def __init__(self, *, d: int, n_heads: int, n_layers: int, dropout: float, max_len: int, stacks: int = 1) -> None:
-        super().__init__()
-        self.max_len = max_len
-        self.position = nn.ModuleList(nn.Embedding(max_len, d) for _ in range(stacks))
-        self.by_response = StackedLinear(stacks=stacks, d_in=d, d_out=2 * d)   # [wrong | right] projections of the memory
-        self.start = nn.ParameterList(nn.Parameter(torch.randn(1, 1, d) * 0.02) for _ in range(stacks))
-        self.dropout = Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            Block(d=d, n_heads=n_heads, dropout=dropout, cross=True, stacks=stacks) for _ in range(n_layers)
-        )
-        self.ln_out = StackedLayerNorm(stacks=stacks, d=d)
-
-    def forward(self, view: View, response: Tensor, bundle_group: Tensor, valid: Tensor) -> Tensor:
-        S, B, T, d = view.query.shape
-        if T > self.max_len:
-            raise BadInput(f"EdNet window of {T} steps is longer than the model's max_len {self.max_len}; "
-                           "use the data.max_len the model was built with")
-        position = stack_copies([table.weight[:T] for table in self.position]).unsqueeze(1)   # (S, 1, T, d)
-        x = self.dropout(view.query + position)                                           # (S, B, T, d)
-        wrong, right = self.by_response(view.memory).chunk(2, dim=-1)                     # 2 x (S, B, T, d)
-        memory = torch.where(response.unsqueeze(-1) == 1, right, wrong) + position
-        memory = torch.where(valid.unsqueeze(-1), memory, 0.0)                 # padding carries nothing (not even NaN)
-        start = stack_copies(list(self.start)).expand(S, B, 1, d)
-        memory = torch.cat([start, self.dropout(memory)], dim=2)                          # (S, B, 1+T, d)
-        visible = earlier_bundles(bundle_group, valid)                                    # (B, T, T)
-        bias = attention_bias(torch.cat([visible.new_ones(B, T, 1), visible], dim=-1))    # (B, 1, T, 1+T): start slot
-        for block in self.blocks:
-            x = block(x, bias, context=memory)
-        return self.ln_out(x)
 
 
 def bag_mean(table: nn.Embedding, ids: Tensor) -> Tensor:
@@ -241,6 +165,11 @@ class ItemView(nn.Module):
         super().__init__()
         self.question = nn.Embedding(n_questions, d, padding_idx=0)
         self.bundle = nn.Embedding(n_bundles, d, padding_idx=0)
+        # Rasch-style difficulty (AKT): one scalar per question along a shared direction. A
+        # scalar is learnt from few answers, so a rare question gets a usable difficulty
+        # long before its d-sized embedding is trained.
+        self.difficulty = nn.Embedding(n_questions, 1, padding_idx=0)
+        self.difficulty_direction = nn.Linear(1, d, bias=False)
 
     @classmethod
     def from_spec(cls, spec: DataSpec, *, d: int) -> "ItemView":
@@ -249,7 +178,8 @@ class ItemView(nn.Module):
 
     def forward(self, batch: Batch) -> View:
         x = batch.inputs["item"]
-        e = self.question(x["question"]) + self.bundle(x["bundle"])     # (B, T, d)
+        q = x["question"]
+        e = self.question(q) + self.bundle(x["bundle"]) + self.difficulty_direction(self.difficulty(q))   # (B, T, d)
         return _add_custom(self, x, e, e)
 
 
@@ -313,21 +243,46 @@ class BehaviorView(nn.Module):
         return _add_custom(self, x, query, memory)
 
 
+class Absent(Protocol):
+    """What the encoders need of fusion.AbsentTokens: fill(modality, x (B, [T,] d), present
+    (B, [T])) -> x with the modality's absent token where it is absent; its token."""
+
+    def fill(self, modality: str, x: Tensor, present: Tensor) -> Tensor: ...
+
+    def __getitem__(self, modality: str) -> Tensor: ...
+
+
 class EdNetEncoders(nn.Module):
     """Every modality's View module + ONE CausalInteractionEncoder stacked over them.
 
-    forward(batch) -> modality -> Encoded, h (B, T, d) (views into one (M, B, T, d) tensor).
+    joint_memory=True: every modality's query reads the JOINT interaction history (the sum
+    of all modalities' memories, absent ones replaced by their absent token), so each
+    modality's encoding h_m is "this modality's question to everything the learner did":
+    per-modality streams that see what `early`'s joint core sees. False: each reads only its
+    own modality's memory (the classic per-modality encoder). Queries are filled after
+    encoding (MultimodalModel), where an absent unit's h becomes its absent token anyway.
+
+    forward(batch, present, absent) -> modality -> Encoded, h (B, T, d) (views into one (M, B, T, d)
+    tensor); present: modality -> (B, T) bool, None = as the batch says.
     """
 
-    def __init__(self, *, views: dict[str, nn.Module], core: CausalInteractionEncoder) -> None:
+    def __init__(self, *, views: dict[str, nn.Module], core: CausalInteractionEncoder, joint_memory: bool) -> None:
         super().__init__()
         self.views = nn.ModuleDict(views)
         self.core = core
+        self.joint_memory = joint_memory
 
-    def forward(self, batch: Batch) -> dict[str, Encoded]:
-        views = [view_of(batch) for view_of in self.views.values()]
-        stacked = View(torch.stack([v.query for v in views]), torch.stack([v.memory for v in views]))  # (M, B, T, d) x2
-        h = self.core(stacked, batch.context["response"], batch.context["bundle_group"], batch.valid)   # (M, B, T, d)
+    def forward(self, batch: Batch, present: dict[str, Tensor] | None = None, absent: Absent | None = None
+                ) -> dict[str, Encoded]:
+        views = {m: view_of(batch) for m, view_of in self.views.items()}
+        query = torch.stack([v.query for v in views.values()])                             # (M, B, T, d)
+        memory = torch.stack([v.memory for v in views.values()])                           # (M, B, T, d)
+        if self.joint_memory:   # an absent modality leaves the history its absent token (as in `early`)
+            present = present or {m: batch.present[m].bool() for m in views}
+            memory = sum(v.memory if absent is None else absent.fill(m, v.memory, present[m])
+                         for m, v in views.items()).unsqueeze(0)                           # (1, B, T, d)
+        h = self.core(View(query, memory), batch.context["response"], batch.context["bundle_group"], batch.valid,
+                      batch.context.get("hours"))
         return {m: Encoded(h=h[i], tokens=h[i], token_mask=batch.valid) for i, m in enumerate(self.views)}
 
 
@@ -447,12 +402,44 @@ class OuladEncoder(nn.Module):
         return Encoded(h=summary, tokens=states, token_mask=mask)
 
 
-class OuladEncoders(nn.ModuleDict):
+class OuladEncoders(nn.Module):
     """One OuladEncoder per modality (their token counts differ, so they are not stacked).
-    forward(batch) -> modality -> Encoded, h (B, d)."""
 
-    def forward(self, batch: Batch) -> dict[str, Encoded]:
-        return {m: encoder(batch) for m, encoder in self.items()}
+    joint_memory=True: each modality's encoder reads its own tokens AND the other present
+    modalities' tokens, each led by a learned marker of their modality (as `early`'s one
+    sequence is built; an absent modality contributes only its absent token): the set
+    analogue of EdNet's joint interaction memory. Each encoder keeps its own weights and
+    summary token, so h_m is still "modality m's reading" of the row.
+    forward(batch, present, absent) -> modality -> Encoded, h (B, d); present: modality -> (B,) bool.
+    """
+
+    def __init__(self, *, encoders: dict[str, "OuladEncoder"], d: int, joint_memory: bool) -> None:
+        super().__init__()
+        self.each = nn.ModuleDict(encoders)
+        self.joint_memory = joint_memory
+        self.marker = nn.ParameterDict({m: nn.Parameter(torch.randn(d) * 0.02) for m in encoders}) if joint_memory else None
+
+    def forward(self, batch: Batch, present: dict[str, Tensor] | None = None, absent: Absent | None = None
+                ) -> dict[str, Encoded]:
+        if not self.joint_memory:
+            return {m: encoder(batch) for m, encoder in self.each.items()}
+        present = present or {m: batch.present[m].bool() for m in self.each}
+        own = {m: encoder.inputs(batch) for m, encoder in self.each.items()}          # modality -> Tokens (B, L_m, d)
+        out = {}
+        for m, encoder in self.each.items():
+            xs, masks = [own[m].x], [own[m].mask]
+            for b, tokens in own.items():
+                if b == m:
+                    continue
+                here = present[b]                                                    # (B,)
+                lead = self.marker[b].expand(here.shape[0], -1)
+                lead = lead if absent is None else absent.fill(b, lead, here)        # (B, d)
+                xs += [lead.unsqueeze(1), tokens.x + self.marker[b]]
+                masks += [here.new_ones(here.shape[0], 1), tokens.mask & here.unsqueeze(1)]
+            summary, states, mask = encoder.core(Tokens(torch.cat(xs, dim=1), torch.cat(masks, dim=1)))
+            L = own[m].x.shape[1]                                                    # cross-modal attention reads m's own tokens
+            out[m] = Encoded(h=summary, tokens=states[:, : 1 + L], token_mask=mask[:, : 1 + L])
+        return out
 
 
 # ----------------------------------------------------------------------------- factories
@@ -480,12 +467,12 @@ def _oulad_core(spec: DataSpec, cfg: ModelConfig, stacks: int) -> nn.Module:
 
 def _ednet_encoders(spec: DataSpec, modalities: Sequence[str], cfg: ModelConfig) -> nn.Module:
     views = {m: build_inputs(spec, m, d=cfg.d_model) for m in modalities}
-    return EdNetEncoders(views=views, core=build_core(spec, cfg, stacks=len(views)))
+    return EdNetEncoders(views=views, core=build_core(spec, cfg, stacks=len(views)), joint_memory=cfg.joint_memory)
 
 
 def _oulad_encoders(spec: DataSpec, modalities: Sequence[str], cfg: ModelConfig) -> nn.Module:
-    return OuladEncoders({m: OuladEncoder(inputs=build_inputs(spec, m, d=cfg.d_model), core=build_core(spec, cfg))
-                          for m in modalities})
+    encoders = {m: OuladEncoder(inputs=build_inputs(spec, m, d=cfg.d_model), core=build_core(spec, cfg)) for m in modalities}
+    return OuladEncoders(encoders=encoders, d=cfg.d_model, joint_memory=cfg.joint_memory and len(modalities) > 1)
 
 
 CORES = {"ednet": _ednet_core, "oulad": _oulad_core}

@@ -18,6 +18,7 @@ Fusions work on "units": the B x T steps of EdNet or the B rows of OULAD, flatte
 
 from __future__ import annotations
 
+import zlib
 from itertools import combinations, permutations
 from typing import Sequence
 
@@ -28,7 +29,8 @@ from torch import Tensor, nn
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.model import losses
 from dsrsd_cli.model.blocks import Attention, FeedForward, Head, StackedLinear, attention_bias, mlp
-from dsrsd_cli.model.encoders import Encoded, Tokens, View, same_or_earlier_bundles
+from dsrsd_cli.model.encoders import Encoded, Tokens
+from dsrsd_cli.model.interaction_core import View, same_or_earlier_bundles
 from dsrsd_cli.types import Batch, ModelOutput
 
 STREAMS = ("shared", "private")   # what `ablate` entries name: "<modality>.shared" | "<modality>.private"
@@ -92,6 +94,16 @@ class AbsentTokens(nn.ParameterDict):
         return Encoded(h=h, tokens=tokens, token_mask=mask)
 
 
+def learner_groups(batch: Batch) -> Tensor | None:
+    """(U,) int64: each unit's learner, as a CRC-32 of its key (stable across batches), for
+    InfoNCE's negatives; None where a unit is a whole learner (OULAD: one row per registration)."""
+    users = batch.keys.get("user")
+    if users is None or batch.valid.dim() != 2:
+        return None
+    codes = torch.tensor([zlib.crc32(str(u).encode()) for u in users], dtype=torch.int64, device=batch.valid.device)
+    return codes.repeat_interleave(batch.valid.shape[1])                                # (B * T,)
+
+
 def sample_aux_rows(count: int, n: int, *, training: bool, device: torch.device) -> Tensor:
     """Indices (N <= n,) into `count` units for the auxiliary losses: a random subset in
     training, an evenly spaced (reproducible) one in evaluation."""
@@ -142,7 +154,7 @@ class MultimodalModel(nn.Module):
 
     def forward(self, batch: Batch, *, ablate: frozenset[str] = frozenset()) -> ModelOutput:
         present = effective_presence(batch, self.modalities, training=self.training, p=self.modality_dropout)
-        encoded = self.encoders(batch)
+        encoded = self.encoders(batch, present, self.absent)
         encoded = {m: self.absent.fill_encoded(m, encoded[m], present[m]) for m in self.modalities}
         return self.fusion(encoded, present, batch, ablate=ablate)
 
@@ -159,7 +171,7 @@ class DSRSDFusion(Fusion):
     (both LayerNorms without gain).
     Consensus c = mean of the present z_m. A gate network scores [c, q_1..q_M] from their
     concatenation; absent (or ablated) streams get -inf, so their weight is exactly 0;
-    fused = sum of weighted streams (U, k); head -> logits. In training, `private_dropout`
+    fused = the weighted streams side by side (U, (1+M) k); head -> logits. In training, `private_dropout`
     also closes each private stream at random (robustness to a missing modality). The
     per-modality maps P_m, Q_m run stacked (one batched matmul for all M), on the valid
     units only.
@@ -169,7 +181,8 @@ class DSRSDFusion(Fusion):
     modalities are present; {} in evaluation, where nothing reads them);
     "gates" (N_valid, 1+M) for the valid units in batch.valid order, "gate_names";
     "shared"/"private": modality -> z_m / q_m (N, k) of the sampled units, with
-    "aux_rows" (N,) their flat unit indices and "aux_present": modality -> (N,) bool.
+    "aux_rows" (N,) their flat unit indices and "aux_present": modality -> (N,) bool;
+    EdNet also "aux_group" (N,): their learners (learner_groups), InfoNCE's excluded negatives.
 
     `without` removes mechanisms (MECHANISMS) for the ablation table: "align" / "decorr" /
     "orth" drop that loss term; "private" closes every private stream; "shared" closes the
@@ -202,7 +215,7 @@ class DSRSDFusion(Fusion):
         self.align = nn.Sequential(mlp(d, d, k), nn.LayerNorm(k, elementwise_affine=False))  # G, shared by all
         self.predictors = nn.ModuleDict({f"{a}->{b}": nn.Linear(k, k) for a, b in permutations(self.modalities, 2)})
         self.gate = mlp((1 + M) * k, d, 1 + M)
-        self.head = Head(d_in=k, d=d, n_outputs=n_outputs, dropout=dropout)
+        self.head = Head(d_in=(1 + M) * k, d=d, n_outputs=n_outputs, dropout=dropout)
 
     def ablatable_streams(self) -> list[str]:
         """Every modality's shared and private stream: "<modality>.shared" | "<modality>.private"."""
@@ -254,13 +267,18 @@ class DSRSDFusion(Fusion):
         else:
             scores = self.gate(streams.transpose(0, 1).flatten(1)).float().masked_fill(~is_open, float("-inf"))
         gates = torch.softmax(scores, dim=-1)                                                # (V, 1+M)
-        fused = (gates.T.unsqueeze(-1) * streams).sum(0)                                     # (V, k)
+        # Gated concatenation: each stream scaled by its weight, side by side, so the head can
+        # still tell them apart (a weighted sum would blur four k-spaces into one).
+        fused = (gates.T.unsqueeze(-1) * streams).transpose(0, 1).flatten(1)                 # (V, (1+M) k)
         y = self.head(fused)                                                                 # (V, C)
         logits = to_logits(y.new_zeros(batch.valid.numel(), y.shape[-1]).index_copy(0, units, y), batch)
 
         picks = sample_aux_rows(units.numel(), self.aux_rows, training=self.training, device=units.device)  # (N,)
         z_rows, here_rows = z[:, picks], here[:, picks]                                      # (M, N, k), (M, N)
-        aux_losses = self._aux_losses(z=z_rows, s=s[:, picks], p=p[:, picks], here=here_rows) if self.training else {}
+        groups = learner_groups(batch)
+        group_rows = None if groups is None else groups.index_select(0, units[picks])       # (N,)
+        aux_losses = self._aux_losses(z=z_rows, s=s[:, picks], p=p[:, picks], here=here_rows,
+                                      group=group_rows) if self.training else {}
         aux = {
             "losses": aux_losses,
             "gates": gates.detach(),
@@ -270,10 +288,12 @@ class DSRSDFusion(Fusion):
             "aux_rows": units[picks],
             "aux_present": {m: here_rows[i] for i, m in enumerate(names)},
         }
+        if group_rows is not None:
+            aux["aux_group"] = group_rows
         return ModelOutput(logits, aux)
 
-    def _aux_losses(self, *, z: Tensor, s: Tensor, p: Tensor, here: Tensor) -> dict[str, Tensor]:
-        """z (M, N, k), s and p (M, N, d), here (M, N) of the sampled units -> unweighted losses."""
+    def _aux_losses(self, *, z: Tensor, s: Tensor, p: Tensor, here: Tensor, group: Tensor | None) -> dict[str, Tensor]:
+        """z (M, N, k), s and p (M, N, d), here (M, N), group (N,) | None of the sampled units -> unweighted losses."""
         names = self.modalities
         z, s, p, here = ({m: x[i] for i, m in enumerate(names)} for x in (z, s, p, here))
         predictors = {(a, b): self.predictors[f"{a}->{b}"] for a, b in permutations(names, 2)}
@@ -282,7 +302,7 @@ class DSRSDFusion(Fusion):
             orth += [losses.orthogonality(p[a], p[b], here[a] & here[b]) for a, b in combinations(names, 2)]
         terms = {}
         if not {"align", "shared"} & self.without:
-            terms["infonce"] = losses.info_nce(z, here, self.tau)
+            terms["infonce"] = losses.info_nce(z, here, self.tau, group)
             terms["regression"] = losses.regression_alignment(z, here, predictors)
         if not {"decorr", "shared"} & self.without:
             terms["decorrelation"] = torch.stack([losses.decorrelation(z[m], here[m]) for m in names]).mean()
@@ -403,7 +423,8 @@ class EarlyFusionEdNet(nn.Module):
             query = query + self.absent.fill(m, view.query, here)
             memory = memory + self.absent.fill(m, view.memory, here)
         one = View(query.unsqueeze(0), memory.unsqueeze(0))                          # a stack of one: (1, B, T, d) x2
-        h = self.core(one, batch.context["response"], batch.context["bundle_group"], batch.valid)[0]   # (B, T, d)
+        h = self.core(one, batch.context["response"], batch.context["bundle_group"], batch.valid,
+                      batch.context.get("hours"))[0]                                                  # (B, T, d)
         return ModelOutput(to_logits(self.head(h.reshape(-1, h.shape[-1])), batch), {"losses": {}})
 
 

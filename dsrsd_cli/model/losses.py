@@ -47,13 +47,18 @@ _MAX_SHIFTED_RANGE = 80.0
 
 
 @_float32
-def info_nce(z: Mapping[str, Tensor], present: Mapping[str, Tensor], tau: float) -> Tensor:
+def info_nce(z: Mapping[str, Tensor], present: Mapping[str, Tensor], tau: float, group: Tensor | None = None) -> Tensor:
     """Symmetric InfoNCE between every pair of modalities (mean over pairs).
 
     z: modality -> (N, k); present: modality -> (N,) bool. For a pair (a, b), only rows
     where both are present count; row i of a and row i of b are the positive pair, the
     other rows are negatives. Cosine similarity / tau; the loss of a pair is the mean of
     the a->b and b->a cross-entropies.
+
+    group (N,) int, optional: rows of one group (EdNet: one learner) are not negatives of
+    each other. Another step of the same learner shares that learner's history, and a step
+    of the same bundle shares its behaviour: they are false negatives, which would push the
+    shared streams to forget the learner instead of aligning on it.
     """
     terms = []
     for a, b in combinations(sorted(z), 2):
@@ -62,13 +67,22 @@ def info_nce(z: Mapping[str, Tensor], present: Mapping[str, Tensor], tau: float)
             continue
         za = F.normalize(z[a].index_select(0, rows).float(), dim=-1)      # (n, k)
         zb = F.normalize(z[b].index_select(0, rows).float(), dim=-1)
-        terms.append(_symmetric_cross_entropy(za, zb, tau))
+        exclude = None if group is None else same_group(group.index_select(0, rows))
+        terms.append(_symmetric_cross_entropy(za, zb, tau, exclude))
     return _mean(terms, next(iter(z.values())))
 
 
-def _symmetric_cross_entropy(za: Tensor, zb: Tensor, tau: float) -> Tensor:
+def same_group(group: Tensor, other: Tensor | None = None) -> Tensor:
+    """(n, n) bool: [i, j] True where row i (of `group`) and row j (of `other`, default
+    `group`) share a group and i != j: the pairs InfoNCE leaves out."""
+    other = group if other is None else other
+    eye = torch.eye(group.shape[0], dtype=torch.bool, device=group.device)
+    return (group.unsqueeze(1) == other.unsqueeze(0)) & ~eye
+
+
+def _symmetric_cross_entropy(za: Tensor, zb: Tensor, tau: float, exclude: Tensor | None = None) -> Tensor:
     """0.5 (CE over rows + CE over columns) of the logits za @ zb.T / tau, targets on the
-    diagonal; za, zb (n, k) unit rows.
+    diagonal; za, zb (n, k) unit rows; `exclude` (n, n) bool: off-diagonal pairs left out.
 
     The logits are bounded by 1/tau, so one exp of the logits shifted by that bound gives
     both the row and the column sums (log-sum-exp without a per-row maximum): a single
@@ -78,8 +92,13 @@ def _symmetric_cross_entropy(za: Tensor, zb: Tensor, tau: float) -> Tensor:
     positives = (za * zb).sum(-1) / tau                                  # (n,) the diagonal
     if 2.0 / tau > _MAX_SHIFTED_RANGE:
         target = torch.arange(za.shape[0], device=za.device)
-        return 0.5 * (F.cross_entropy(za @ zb.T / tau, target) + F.cross_entropy(zb @ za.T / tau, target))
+        logits = za @ zb.T / tau
+        if exclude is not None:
+            logits = logits.masked_fill(exclude, float("-inf"))
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
     shifted = torch.addmm(za.new_tensor(-1.0 / tau), za, zb.T, alpha=1.0 / tau).exp()   # (n, n) in (0, 1]
+    if exclude is not None:
+        shifted = shifted.masked_fill(exclude, 0.0)
     log_sums = 0.5 * (shifted.sum(1).log().mean() + shifted.sum(0).log().mean())
     return log_sums + 1.0 / tau - positives.mean()
 

@@ -1,0 +1,119 @@
+"""The EdNet contextual core (docs/method.md#ednet-block-causal-interaction-encoder): SAKT's
+interaction attention, block-causal by bundle, with AKT-style forgetting.
+
+`CausalInteractionEncoder` turns S modalities' per-step `View`s (stacked, one weight copy per
+modality) into their encodings h. The two mask helpers are the EdNet leakage rule for
+attention (docs/leakage.md#the-block-causal-mask); fusions that attend across steps use them too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dsrsd_cli.errors import BadInput
+from dsrsd_cli.model.blocks import Block, Dropout, StackedLayerNorm, StackedLinear, attention_bias, stack_copies
+
+
+class View(NamedTuple):
+    """EdNet per-step embeddings of one modality, each (B, T, d) (stacked for the core: (M, B, T, d)).
+
+    query:  what is known when step t is shown; it may feed step t's own prediction.
+    memory: the whole interaction of step t (the query plus what is known only after
+            answering); the core lets it reach only steps of LATER bundles.
+    """
+
+    query: Tensor
+    memory: Tensor
+
+
+def earlier_bundles(bundle_group: Tensor, valid: Tensor) -> Tensor:
+    """(B, T, T) bool: [b, t, t'] is True iff t' is a real step of a bundle before t's bundle.
+
+    This is the leakage rule of docs/leakage.md#the-block-causal-mask: responses and "post" features of step t' may
+    reach step t only then.
+    """
+    return (bundle_group.unsqueeze(1) < bundle_group.unsqueeze(2)) & valid.unsqueeze(1)
+
+
+def same_or_earlier_bundles(bundle_group: Tensor, valid: Tensor) -> Tensor:
+    """(B, T, T) bool: t' is a real step of t's bundle or an earlier one, or t' == t.
+
+    For attention between encoder OUTPUTS: h(t') holds only what is known when t' is shown,
+    which for a step of the same bundle is known when t is shown too.
+    """
+    T = bundle_group.shape[1]
+    diagonal = torch.eye(T, dtype=torch.bool, device=bundle_group.device)
+    return ((bundle_group.unsqueeze(1) <= bundle_group.unsqueeze(2)) & valid.unsqueeze(1)) | diagonal
+
+
+class CausalInteractionEncoder(nn.Module):
+    """SAKT-like encoder of S EdNet views at once (one per modality), causal and
+    block-causal by bundle; the S copies share nothing but the mask.
+
+    Step t's query attends to the memory of steps of EARLIER bundles (their full
+    interaction, with a projection chosen by the response: SAKT's interaction
+    embedding), plus a learned start slot that is always visible, so the first bundle
+    has something to attend to. The query enters the output through the residual.
+
+    forward(view: View (S, B, T, d) x2, response (B, T) long, bundle_group (B, T) long,
+            valid (B, T) bool) -> h (S, B, T, d)
+    """
+
+    def __init__(self, *, d: int, n_heads: int, n_layers: int, dropout: float, max_len: int, stacks: int = 1) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.n_heads = n_heads
+        # Forgetting (AKT's monotonic attention, simplified): each head's scores fall by
+        # softplus(decay_h) * log(1 + bundles between query and key) + softplus(decay_time_h) *
+        # log(1 + hours between them); learnt per head, head 0 starts without decay.
+        decay = [-8.0] + [math.log(math.expm1(0.5 * 2.0 ** -h)) for h in range(n_heads - 1)]      # softplus^-1
+        self.decay = nn.ParameterList(nn.Parameter(torch.tensor(decay)) for _ in range(stacks))       # S x (H,)
+        self.decay_time = nn.ParameterList(nn.Parameter(torch.tensor(decay)) for _ in range(stacks))  # S x (H,)
+        self.position = nn.ModuleList(nn.Embedding(max_len, d) for _ in range(stacks))
+        self.by_response = StackedLinear(stacks=stacks, d_in=d, d_out=2 * d)   # [wrong | right] projections of the memory
+        self.start = nn.ParameterList(nn.Parameter(torch.randn(1, 1, d) * 0.02) for _ in range(stacks))
+        self.dropout = Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            Block(d=d, n_heads=n_heads, dropout=dropout, cross=True, stacks=stacks) for _ in range(n_layers)
+        )
+        self.ln_out = StackedLayerNorm(stacks=stacks, d=d)
+
+    def forward(self, view: View, response: Tensor, bundle_group: Tensor, valid: Tensor, hours: Tensor | None = None) -> Tensor:
+        """view.memory may be (S, B, T, d) or (1, B, T, d): one joint memory read by every stack.
+        hours (B, T) float: when each step was shown (None: no time passes, only steps)."""
+        S, B, T, d = view.query.shape
+        if T > self.max_len:
+            raise BadInput(f"EdNet window of {T} steps is longer than the model's max_len {self.max_len}; "
+                           "use the data.max_len the model was built with")
+        position = stack_copies([table.weight[:T] for table in self.position]).unsqueeze(1)   # (S, 1, T, d)
+        x = self.dropout(view.query + position)                                           # (S, B, T, d)
+        wrong, right = self.by_response(view.memory.expand(S, B, T, d)).chunk(2, dim=-1)  # 2 x (S, B, T, d)
+        memory = torch.where(response.unsqueeze(-1) == 1, right, wrong) + position
+        memory = torch.where(valid.unsqueeze(-1), memory, 0.0)                 # padding carries nothing (not even NaN)
+        start = stack_copies(list(self.start)).expand(S, B, 1, d)
+        memory = torch.cat([start, self.dropout(memory)], dim=2)                          # (S, B, 1+T, d)
+        visible = earlier_bundles(bundle_group, valid)                                    # (B, T, T)
+        visible = torch.cat([visible.new_ones(B, T, 1), visible], dim=-1)                 # (B, T, 1+T): start slot
+        bias = attention_bias(visible) - self._forgetting(bundle_group, hours)            # (B, S*H, T, 1+T)
+        for block in self.blocks:
+            x = block(x, bias, context=memory)
+        return self.ln_out(x)
+
+    def _forgetting(self, bundle_group: Tensor, hours: Tensor | None) -> Tensor:
+        """(B, T) x2 -> (B, S*H, T, 1+T): how much each head's score of key t' falls for query t.
+        0 for the start slot; keys after t are masked anyway (clamped distances)."""
+
+        def log_distance(x: Tensor) -> Tensor:                                                    # (B, T) -> (B, 1, T, 1+T)
+            gap = (x.unsqueeze(2) - x.unsqueeze(1)).float().clamp(min=0)
+            return F.pad(torch.log1p(gap), (1, 0)).unsqueeze(1)
+
+        steps = F.softplus(torch.cat(list(self.decay))).view(1, -1, 1, 1)                        # (1, S*H, 1, 1)
+        bias = steps * log_distance(bundle_group)
+        if hours is not None:
+            bias = bias + F.softplus(torch.cat(list(self.decay_time))).view(1, -1, 1, 1) * log_distance(hours)
+        return bias

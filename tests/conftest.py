@@ -26,6 +26,18 @@ def _few_threads():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread is fastest, and the test machine's cores are shared.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def oulad_sample(tmp_path_factory) -> Path:
     """A prepared built-in OULAD sample of 300 registrations; tests only read it."""

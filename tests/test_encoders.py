@@ -20,12 +20,7 @@ SPEC = ednet_spec()
 SMALL = {"d_model": 16, "n_heads": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest
 
 
 def _loud(module: torch.nn.Module) -> torch.nn.Module:

@@ -47,13 +47,7 @@ VARIANT_SILENT = {
 }
 POST = [i for i, (_, kind) in enumerate(BEHAVIOR_FEATURES) if kind == "post"]
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest
 
 
 def build(spec, name: str, *, dsrsd: dict | None = None, **model):

@@ -60,13 +60,17 @@ def prepare(
     sample_strength: Annotated[Optional[list[str]], typer.Option(help="Built-in sample: signal a modality carries, e.g. behavior=3.0 (repeatable).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
     mapping: Annotated[Optional[str], typer.Option(help="--dataset custom: a TOML mapping of the log's columns, or a shipped one by name (assistments_2009_skill_builder, assistments_2012_2013).")] = None,
+    refresh_arrays: Annotated[bool, typer.Option(help="Only rebuild the training arrays (arrays/) of the prepared folder --out from its own Parquet files, e.g. after editing them.")] = False,
 ) -> None:
     """Turn raw logs into Parquet (files, columns, splits: docs/data.md).
 
     Example: [bold]dsrsd prepare --dataset ednet --raw ~/EdNet-KT4.zip --workers 2[/bold]
     """
-    from dsrsd_cli.engine.prepare import prepare_from_cli
+    from dsrsd_cli.engine.prepare import prepare_from_cli, refresh_arrays_from_cli
 
+    if refresh_arrays:
+        refresh_arrays_from_cli(dataset=dataset, out=out, console=console)
+        return
     prepare_from_cli(
         dataset=dataset, raw=raw, out=out, max_users=max_users, seed=seed, workers=workers, force=force,
         strict=strict, sample_size=sample_size, split_by=split_by, strengths=list(sample_strength or []),
@@ -108,6 +112,7 @@ def evaluate(
     cutoff_day: Annotated[Optional[list[int]], typer.Option(help="OULAD: evaluate at these cutoff days (repeatable).")] = None,
     robustness: Annotated[bool, typer.Option(help="Run the missing-modality and noise sweep.")] = True,
     data: Annotated[Optional[Path], typer.Option(help="Prepared data folder (default: the run's).")] = None,
+    nproc: Annotated[int, typer.Option(min=1, help="Processes, each scoring a shard of the split (launches torchrun).")] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Metrics of a trained run, with a robustness sweep.
@@ -118,7 +123,7 @@ def evaluate(
 
     evaluate_from_cli(
         run_dir=run_dir, split=split, masks=list(mask or []), cutoff_days=list(cutoff_day or []),
-        robustness=robustness, data=data, json_out=json_out, console=console,
+        robustness=robustness, data=data, json_out=json_out, console=console, nproc=nproc,
     )
 
 
@@ -170,6 +175,7 @@ def predict(
     data: Annotated[Path, typer.Option(help="A prepared data folder to score.")],
     out: Annotated[Path, typer.Option(help="Output .parquet file.")],
     split: Annotated[str, typer.Option(help="all, train, valid or test.")] = "all",
+    nproc: Annotated[int, typer.Option(min=1, help="Processes, each scoring a shard (launches torchrun).")] = 1,
 ) -> None:
     """Score learners with a trained run.
 
@@ -177,7 +183,7 @@ def predict(
     """
     from dsrsd_cli.engine.predict import predict_from_cli
 
-    predict_from_cli(run_dir=run_dir, data=data, out=out, split=split, console=console)
+    predict_from_cli(run_dir=run_dir, data=data, out=out, split=split, console=console, nproc=nproc)
 
 
 @app.command()

@@ -50,6 +50,38 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def temp_path_beside(path: str | os.PathLike, tag: str = "") -> Path:
+    """A new empty hidden file `.<name>.<tag>XXXX.tmp` in `path`'s folder (created, so the name
+    is ours): the place to build a file that is too big to hold in memory before it is renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag + '.' if tag else ''}", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a file by path (a streaming writer: Parquet row group by row group) atomically.
+
+    Yields a temporary path beside `path`; when the block ends without an error the file is
+    synced and renamed to `path`, otherwise it is removed. So an interrupted write (error,
+    Ctrl-C, SIGKILL: the hidden .tmp is never under the final name) leaves `path` as it was.
+    """
+    path = Path(path)
+    tmp = temp_path_beside(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dsrsd_cli.data import schema
+from dsrsd_cli.data.ednet_store import write_store
 from dsrsd_cli.data.splits import learner_split
 
 TABLE_SCHEMAS: dict[str, dict[str, pa.Schema]] = {
@@ -86,6 +87,8 @@ def write_prepared(
         write_table(folder / f"{name}.parquet", tables[name], table_schema)
     manifest = make_manifest(dataset, tables)
     manifest.update(manifest_updates or {})
+    if dataset == "ednet":   # the training arrays, as prepare writes them (data/ednet_store.py)
+        manifest["arrays"] = write_store(folder, manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     return folder
 

@@ -63,7 +63,9 @@ def test_archive_gives_the_folder_output(tmp_path, folder_output, make):
     assert manifest["source"]["kind"] == ("zip" if make is _zip else "tar")
     assert manifest["source"]["files"][0]["size"] == archive.stat().st_size  # the archive is hashed whole
     assert manifest["source"]["kt_levels"] == [1, 4]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*PARQUET, "manifest.json"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*PARQUET, "manifest.json", "arrays"])
+    for file in (folder_output / "arrays").iterdir():      # the training arrays too, byte for byte
+        assert (tmp_path / "out" / "arrays" / file.name).read_bytes() == file.read_bytes(), file.name
 
 
 @pytest.mark.parametrize("make", [_zip, _tar], ids=["zip", "tar.gz"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dsrsd_cli.config import DSRSDConfig, ModelConfig
-from dsrsd_cli.data.ednet_windows import _hours_since_first
+from dsrsd_cli.data.ednet_row_arrays import hours_since_first
 from dsrsd_cli.model import build_model
 from dsrsd_cli.model.encoders import build_core, build_encoders
 from model_fakes import ednet_batch, ednet_spec
@@ -112,6 +112,6 @@ def test_rasch_difficulty_is_one_scalar_per_question_on_a_shared_direction():
 def test_hours_since_first_per_learner_with_nulls():
     ms = pa.chunked_array([[1_000, None, 3_601_000, None, 7_200_000, 10_800_000, None]], pa.int64())
     users = np.array([0, 0, 0, 1, 1, 1, 2])
-    hours = _hours_since_first(ms, users)
+    hours = hours_since_first(ms, users)
     assert hours.dtype == np.float32
     np.testing.assert_allclose(hours, [0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0], atol=1e-6)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,9 @@ import pytest
 from dsrsd_cli.config import load_config
 from dsrsd_cli.data.schema import OULAD_RESULTS
 from dsrsd_cli.engine import explain as explain_module
-from dsrsd_cli.engine.explain import EFFICIENCY_TOLERANCE, Passes, explain_run, shapley
+from dsrsd_cli.engine import explain_cache
+from dsrsd_cli.engine.explain import EFFICIENCY_TOLERANCE, Passes, explain_run, mean_abs_change, shapley
+from dsrsd_cli.engine.explain_cache import write_cache
 from dsrsd_cli.engine.train import train_run
 from dsrsd_cli.errors import BadInput
 
@@ -54,37 +58,101 @@ def test_shapley_of_an_additive_game_is_each_players_own_value():
     assert np.allclose(shapley(values), own)
 
 
-def test_passes_cache_round_trips_and_refuses_stale_or_foreign_files(tmp_path):
+def _write_passes(folder: Path, key: str, *, chunks: int = 3, mechanisms: dict | None = None) -> dict[str, np.ndarray]:
+    """A small cache folder as compute_passes writes it (M = 2, one stream, gates, a grouping),
+    appended in `chunks` chunks; returns its columns."""
     rng = np.random.default_rng(0)
-    passes = Passes(
-        modalities=("a", "b"), logits=rng.normal(size=(4, 5)).astype(np.float32), labels=np.array([0, 1, 1, 0, 1.0]),
-        stream_names=["a.shared"], stream_logits=rng.normal(size=(1, 5)).astype(np.float32),
-        gate_names=["consensus", "a", "b"], gates=np.full((5, 3), 1 / 3, np.float32), groups={"part": np.array(list("xyxyx"))},
-    )
-    path = tmp_path / "passes.npz"
-    path.write_bytes(passes.to_npz("key-1"))
-    back = Passes.from_npz(path, "key-1")
-    assert back is not None and back.modalities == ("a", "b") and back.gate_names == ["consensus", "a", "b"]
-    assert np.array_equal(back.logits, passes.logits) and list(back.groups["part"]) == list("xyxyx")
-    assert Passes.from_npz(path, "another key") is None          # stale: other weights or data
+    n = 6
+    columns = {
+        **{f"coalition_{s}": rng.normal(size=n).astype(np.float32) for s in range(4)},
+        "stream_0": rng.normal(size=n).astype(np.float32), "labels": np.array([0, 1, 1, 0, 1, 0], np.float32),
+        "gates": np.full((n, 3), 1 / 3, np.float32), "group_part": np.array([0, 1, 0, 1, 0, 1], np.int32),
+    }
+    meta = {"key": key, "modalities": ["a", "b"], "stream_names": ["a.shared"], "gate_names": ["consensus", "a", "b"],
+            "groups": {"part": ["x", "y"]}, "mechanisms": mechanisms or {}}
+    bounds = np.linspace(0, n, chunks + 1).astype(int)
+    with write_cache(folder) as writer:
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            writer.append({name: column[lo:hi] for name, column in columns.items()})
+        writer.finish(meta)
+    return columns
+
+
+def test_passes_cache_round_trips_and_refuses_stale_or_foreign_files(tmp_path):
+    folder = tmp_path / "passes_test"
+    columns = _write_passes(folder, "key-1")
+    back = Passes.open(folder, "key-1")
+    assert back is not None and back.modalities == ("a", "b") and back.gate_names == ["consensus", "a", "b"] and back.n == 6
+    for s in range(4):
+        assert np.array_equal(back.coalition(s), columns[f"coalition_{s}"])
+    assert np.array_equal(back.gates(np.array([1, 4])), columns["gates"][[1, 4]]) and np.array_equal(back.labels(), columns["labels"])
+    assert [back.groups["part"][c] for c in back.group_codes("part")] == list("xyxyxy")
+    assert Passes.open(folder, "another key") is None          # stale: other weights or data
     # an object array would need pickle: np.load(allow_pickle=False) refuses it, so it is just a miss
-    np.savez(path, key=np.array("key-1"), modalities=np.array([{"evil": 1}], dtype=object))
-    assert Passes.from_npz(path, "key-1") is None
-    path.write_bytes(b"not a zip")
-    assert Passes.from_npz(path, "key-1") is None
+    np.save(folder / "labels.npy", np.array([{"evil": 1}] * 6, dtype=object), allow_pickle=True)
+    assert Passes.open(folder, "key-1") is None
+    (folder / "meta.json").write_text("not json")
+    assert Passes.open(folder, "key-1") is None
 
 
 def test_passes_cache_keeps_the_mechanisms(tmp_path):
-    passes = Passes(
-        modalities=("a",), logits=np.zeros((2, 3), np.float32), labels=np.array([0, 1, 0.0]), stream_names=[],
-        stream_logits=np.zeros((0, 3), np.float32), gate_names=[], gates=np.zeros((3, 0), np.float32), groups={},
-        mechanisms={"align_infonce": 1.5, "shared_std_min": float("nan"), "gate_dominant": "consensus"},
-    )
-    path = tmp_path / "passes.npz"
-    path.write_bytes(passes.to_npz("k"))
-    back = Passes.from_npz(path, "k")
+    mechanisms = {"align_infonce": 1.5, "shared_std_min": float("nan"), "gate_dominant": "consensus"}
+    _write_passes(tmp_path / "passes", "k", mechanisms=mechanisms)
+    back = Passes.open(tmp_path / "passes", "k")
     assert back is not None and back.mechanisms["align_infonce"] == 1.5 and back.mechanisms["gate_dominant"] == "consensus"
     assert math.isnan(back.mechanisms["shared_std_min"])
+
+
+def _damage(folder: Path, how: str) -> None:
+    column = folder / "coalition_3.npy"
+    if how == "meta missing":
+        (folder / "meta.json").unlink()
+    elif how == "column truncated":
+        os.truncate(column, column.stat().st_size - 4)
+    elif how == "header truncated":
+        os.truncate(column, 20)
+    elif how == "bytes appended":
+        with open(column, "ab") as f:
+            f.write(b"\0" * 4)
+    elif how == "column missing":
+        column.unlink()
+    elif how == "column of another length":
+        np.save(column, np.zeros(5, np.float32))
+    elif how == "column left out of meta":
+        meta = json.loads((folder / "meta.json").read_text())
+        del meta["columns"]["coalition_3"]
+        (folder / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("how", ["meta missing", "column truncated", "header truncated", "bytes appended", "column missing",
+                                 "column of another length", "column left out of meta"])
+def test_a_partial_or_damaged_cache_folder_is_a_miss(tmp_path, how):
+    folder = tmp_path / "passes_test"
+    _write_passes(folder, "k")
+    assert Passes.open(folder, "k") is not None
+    _damage(folder, how)
+    assert Passes.open(folder, "k") is None
+
+
+def test_an_interrupted_cache_write_leaves_the_old_folder_and_no_partial_one(tmp_path):
+    folder = tmp_path / "passes_test"
+    _write_passes(folder, "old")
+    with pytest.raises(RuntimeError, match="killed"):
+        with write_cache(folder) as writer:
+            writer.append({"labels": np.zeros(3, np.float32)})
+            raise RuntimeError("killed")
+    assert [p.name for p in tmp_path.iterdir()] == ["passes_test"] and Passes.open(folder, "old") is not None
+
+
+def test_mean_abs_change_over_blocks_is_the_plain_mean(monkeypatch):
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(10, 4)).astype(np.float32), rng.normal(size=(10, 4)).astype(np.float32)
+    centred = lambda x: x.astype(np.float64) - x.astype(np.float64).mean(-1, keepdims=True)  # noqa: E731
+    expected = np.abs(centred(a) - centred(b)).mean()
+    assert mean_abs_change(a, b) == expected                       # one block: exactly the plain mean
+    monkeypatch.setattr(explain_module, "BLOCK_ROWS", 3)
+    assert mean_abs_change(a, b) == pytest.approx(expected, rel=1e-12)
+    assert mean_abs_change(a[:, 0], b[:, 0]) == pytest.approx(np.abs(a[:, 0].astype(np.float64) - b[:, 0]).mean(), rel=1e-12)
 
 
 # ---------------------------------------------------------------- end to end: EdNet, item dominant
@@ -136,7 +204,7 @@ def test_explain_ranks_the_dominant_modality_first(item_run):
 
     folder = item_run / "explain"
     assert json.loads((folder / "explain_test.json").read_text())["ranking"] == result["ranking"]
-    for name in ("explain_test.png", "explain_test_by_part.png", "passes_test.npz"):
+    for name in ("explain_test.png", "explain_test_by_part.png", "passes_test/meta.json", "passes_test/coalition_7.npy"):
         assert (folder / name).stat().st_size > 0
 
 
@@ -149,6 +217,77 @@ def test_second_explain_reuses_the_cached_passes(item_run, monkeypatch):
     monkeypatch.setattr(explain_module, "compute_passes", no_recompute)
     again = explain_run(item_run, split="test", device="cpu")
     assert again["shapley"] == first["shapley"] and again["streams"] == first["streams"]
+
+
+@pytest.fixture
+def item_copy(item_run, tmp_path) -> Path:
+    """A copy of the trained run (with its explain cache, if any) that a test may damage or retrain."""
+    shutil.copytree(item_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _spy(monkeypatch, owner, name: str) -> list[int]:
+    """Count the calls of owner.name (still doing the work)."""
+    calls: list[int] = []
+    original = getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+def _whole_and_chunked(run: Path, monkeypatch, bys: tuple[str, ...], batch_size: int) -> tuple[list[dict], list[dict], int]:
+    """explain (by each of `bys`) with the passes computed in one chunk, then again in chunks of
+    about n / 5 rows (each a few loader batches of `batch_size`): both results, and the chunks
+    the second computation wrote."""
+    from dsrsd_cli.data import loader as loader_module
+
+    make = loader_module.make_loader
+    monkeypatch.setattr(loader_module, "make_loader", lambda *args, **kwargs: make(*args, **{**kwargs, "batch_size": batch_size}))
+    appends = _spy(monkeypatch, explain_cache.CacheWriter, "append")
+    shutil.rmtree(run / "explain" / "passes_test", ignore_errors=True)
+    whole = [explain_run(run, by=by, device="cpu") for by in bys]
+    assert len(appends) == 1                                       # the sample is far below CHUNK_ROWS: one chunk
+    shutil.rmtree(run / "explain" / "passes_test")
+    monkeypatch.setattr(explain_module, "CHUNK_ROWS", max(1, whole[0]["n"] // 5))
+    chunked = [explain_run(run, by=by, device="cpu") for by in bys]
+    return whole, chunked, len(appends) - 1
+
+
+def test_a_cache_written_in_many_chunks_gives_the_same_explanation(item_copy, monkeypatch):
+    whole, chunked, chunks = _whole_and_chunked(item_copy, monkeypatch, ("part",), batch_size=32)
+    assert chunks >= 3, "the sample was not split into several chunks"
+    assert chunked == whole
+    assert json.loads((item_copy / "explain" / "explain_test.json").read_text()) == whole[0]
+
+
+def test_a_partial_cache_folder_is_recomputed_not_trusted(item_copy, monkeypatch):
+    first = explain_run(item_copy, device="cpu")
+    cache = item_copy / "explain" / "passes_test"
+    computes = _spy(monkeypatch, explain_module, "compute_passes")
+    (item_copy / "explain" / "passes_test.npz").write_bytes(b"the cache of an older explain")
+    _damage(cache, "column truncated")
+    assert explain_run(item_copy, device="cpu") == first and len(computes) == 1
+    assert not (item_copy / "explain" / "passes_test.npz").exists()          # the old cache file is gone
+    _damage(cache, "meta missing")
+    assert explain_run(item_copy, device="cpu") == first and len(computes) == 2
+    assert explain_run(item_copy, device="cpu") == first and len(computes) == 2   # rewritten whole: trusted again
+    assert not [p for p in (item_copy / "explain").iterdir() if p.name.startswith(".")]   # no temporary folder left
+
+
+def test_new_weights_invalidate_the_cache(item_copy, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    first = explain_run(item_copy, device="cpu")
+    computes = _spy(monkeypatch, explain_module, "compute_passes")
+    assert explain_run(item_copy, device="cpu") == first and not computes    # the same weights: the cache
+    weights = item_copy / "model.safetensors"
+    save_file({name: t * 1.5 if t.is_floating_point() else t for name, t in load_file(weights).items()}, weights)
+    changed = explain_run(item_copy, device="cpu")
+    assert len(computes) == 1 and changed["full"]["logit"] != first["full"]["logit"]
 
 
 MECHANISM_KEYS = (
@@ -209,7 +348,7 @@ def oulad_data(oulad_sample) -> Path:
 
 
 @pytest.mark.parametrize("model", ["dsrsd", "concat"])
-def test_oulad_explain_by_final_result_and_module(oulad_data, tmp_path, model):
+def test_oulad_explain_by_final_result_and_module(oulad_data, tmp_path, model, monkeypatch):
     cfg = load_config("smoke_oulad", [f'data.path="{oulad_data}"', f'model.name="{model}"', 'train.device="cpu"'])
     run = train_run(cfg, out=tmp_path / model, quiet=True)
     result = explain_run(run, by="final_result", device="cpu")
@@ -230,3 +369,12 @@ def test_oulad_explain_by_final_result_and_module(oulad_data, tmp_path, model):
     by_module = explain_run(run, by="module", device="cpu")
     assert {g["group"] for g in by_module["by"]["groups"]} <= set(json.loads((oulad_data / "manifest.json").read_text())["vocab"]["code_module"])
     assert not math.isnan(by_module["shapley"]["logit"]["clicks"])
+    if model == "dsrsd":
+        _check_chunked_oulad_passes(run, monkeypatch)
+
+
+def _check_chunked_oulad_passes(run: Path, monkeypatch) -> None:
+    """Batches of 8 registrations, a few per chunk (final_result joined chunk by chunk; a module
+    missing from a chunk keeps its code): the same explanations as with every batch in one chunk."""
+    whole, chunked, chunks = _whole_and_chunked(run, monkeypatch, ("final_result", "module"), batch_size=8)
+    assert chunks >= 3 and chunked == whole

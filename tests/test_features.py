@@ -297,13 +297,15 @@ def test_ednet_rows_are_the_loaders_answers(ednet):
     stats = fit_question_stats(prepared, cfg)
     table = ednet_features(prepared, cfg, "train", stats)
     dataset = make_dataset(prepared, "train", cfg)
-    users = np.empty(dataset.n_interactions, dtype=object)
-    for (_, start, end), u in zip(dataset.windows, dataset.window_user):
-        users[start:end] = dataset.users[u]
-    assert table.keys["user"].tolist() == users.tolist()
-    assert np.array_equal(table.keys["position"].to_numpy(), dataset.arrays["position"])
+    rows = dataset.rows()                                   # the loader's answers, in its learner order
+    users = np.repeat([dataset.user(u) for u in dataset.window_user], dataset.windows[:, 2] - dataset.windows[:, 1])
+    loader = pd.DataFrame({"user": users, "position": dataset.arrays["position"][rows].astype(np.int64),
+                           "label": dataset.arrays["correct"][rows].astype(np.float32)})
+    loader = loader.sort_values(["user", "position"], ignore_index=True)   # the features' order
+    assert table.keys["user"].tolist() == loader["user"].tolist() and len(rows) == dataset.n_interactions
+    assert np.array_equal(table.keys["position"].to_numpy(), loader["position"].to_numpy())
     assert table.keys["position"].dtype == np.int64
-    assert np.array_equal(table.label, dataset.arrays["correct"].astype(np.float32))
+    assert np.array_equal(table.label, loader["label"].to_numpy())
     assert stats.count.sum() == len(table.label) < len(tables["interactions"])
     oof = ednet_features(prepared, cfg, "train", None, out_of_fold=True)
     assert oof.keys.equals(table.keys) and oof.names == table.names

@@ -194,10 +194,9 @@ def test_tags_are_capped_and_ids_checked_against_the_vocab(tmp_path):
     batch = whole(prepared, "all", ednet_cfg())
     assert batch.inputs["content"]["tags"].shape[-1] == 8
 
-    rows.at[3, "question"] = 10_000
-    prepared = open_prepared(write_prepared(tmp_path / "b", "ednet", tables))
+    rows.at[3, "question"] = 10_000     # refused when the training arrays are written (prepare)
     with pytest.raises(BadInput, match=r"interactions.parquet: column 'question' = 10000 \(user u\d+, position \d+\)"):
-        make_dataset(prepared, "all", ednet_cfg())
+        write_prepared(tmp_path / "b", "ednet", tables)
 
 
 def test_ednet_spec(ednet):

@@ -21,7 +21,8 @@ import torch
 
 from dsrsd_cli.config import DSRSDConfig, ModelConfig, load_config
 from dsrsd_cli.data.features import build_features, fit_question_stats
-from dsrsd_cli.data.loader import make_loader, make_spec
+from dsrsd_cli.data.ednet_store import refresh_store
+from dsrsd_cli.data.loader import make_dataset, make_loader, make_spec
 from dsrsd_cli.data.prepare import prepare_dataset
 from dsrsd_cli.data.prepared import open_prepared
 from dsrsd_cli.errors import BadInput
@@ -149,6 +150,9 @@ def _edit(src: Path, dst: Path, user: str, positions: list[int], changes: dict) 
     for column, value in changes.items():
         df.loc[rows, column] = value
     pq.write_table(pa.Table.from_pandas(df, schema=table.schema, preserve_index=False), dst / "custom_features.parquet")
+    with pytest.raises(BadInput, match="changed after the training arrays were written"):
+        make_dataset(open_prepared(dst), "all", load_config("smoke").data)
+    refresh_store(dst)
 
 
 def _bundles(out: Path, user: str) -> list[list[int]]:

@@ -74,6 +74,7 @@ from dsrsd_cli.data.archive import RawSource
 from dsrsd_cli.data.ednet_contents import Contents, parse_contents
 from dsrsd_cli.data.ednet_format import Drops, SourceVocab, location
 from dsrsd_cli.data.ednet_rows import LearnerFile
+from dsrsd_cli.data.ednet_store import StoreWriter, write_store
 from dsrsd_cli.data.ednet_workers import Runner
 from dsrsd_cli.data.schema import EDNET_INTERACTIONS, EDNET_SPLITS, SCHEMA_VERSION
 from dsrsd_cli.errors import BadInput
@@ -127,8 +128,9 @@ def prepare_ednet(
             tasks = ((learners[i : i + size], strict, display, reader, str(tmp)) for i in range(0, len(learners), size))
             if progress:
                 progress(0, len(learners))
+            store = StoreWriter(tmp)   # the training arrays, from what the workers computed
             totals = _write_interactions(runner.map(tasks), tmp / "interactions.parquet", drops, progress, size,
-                                         len(learners))
+                                         len(learners), store)
             shutil.rmtree(tmp / ".spool", ignore_errors=True)
             if not totals.users:
                 raise BadInput(f"{raw}: no usable answers in the learner files (dropped: {dict(drops.counts)}); "
@@ -144,7 +146,7 @@ def prepare_ednet(
                        "lecture": contents.lectures.num_rows, "part": 7, "source": totals.sources.names},
                 # learners in KT1 and in an action level: how their histories matched
                 more={"kt1_merge": dict(sorted(totals.merge.items()))} if totals.merge else {},
-                extra_manifest=extra_manifest,
+                extra_manifest=extra_manifest, store=store,
             )
         ok = True
     finally:
@@ -229,14 +231,19 @@ class _Totals:
 
 
 def _write_interactions(results: Iterable[dict], path: Path, drops: Drops, progress: Callable[[int, int], None] | None,
-                        batch_size: int, total: int) -> _Totals:
-    """Batch results, in order -> one row group each; only the counts and learner ids stay."""
+                        batch_size: int, total: int, store: StoreWriter | None = None) -> _Totals:
+    """Batch results, in order -> one row group each, and their training arrays to `store`;
+    only the counts and learner ids stay."""
     totals = _Totals()
     with pq.ParquetWriter(path, EDNET_INTERACTIONS, **PARQUET_OPTIONS) as writer:
         for done, result in enumerate(results, 1):
             table = totals.sources.apply(result["table"], result["sources"])
             if table.num_rows:
                 writer.write_table(table)
+                if store is not None:
+                    names, codes, arrays = result["arrays"]
+                    local = np.array([0, *(totals.sources.index(s) for s in result["sources"])], np.int8)
+                    store.add(names, codes, {**arrays, "source": local[arrays["source"]]})
             totals.users.extend(result["users"])
             totals.levels |= result["levels"]
             totals.rows_in += result["rows_in"]
@@ -250,9 +257,11 @@ def _write_interactions(results: Iterable[dict], path: Path, drops: Drops, progr
 
 
 def finish_folder(tmp: Path, *, users: list[str], seed: int, source: dict, counts: dict, vocab: dict,
-                  more: dict | None = None, extra_manifest: dict | None = None) -> dict:
-    """splits.parquet and manifest.json of an EdNet-schema folder (prepare ednet, riiid, custom);
-    returns the manifest. `counts`: rows read/written and drops; `more`: the preparer's own keys."""
+                  more: dict | None = None, extra_manifest: dict | None = None, store: StoreWriter | None = None) -> dict:
+    """splits.parquet, the training arrays (arrays/, data/ednet_store.py) and manifest.json of an
+    EdNet-schema folder (prepare ednet, riiid, custom); returns the manifest. `store`: the
+    arrays already written while parsing; without it (or when its rows were not grouped by
+    learner) they are computed from interactions.parquet. `counts`: rows read/written and drops; `more`: the preparer's own keys."""
     sizes = _write_splits(users, seed, tmp / "splits.parquet")
     manifest = {
         "tool_version": __version__,
@@ -267,6 +276,10 @@ def finish_folder(tmp: Path, *, users: list[str], seed: int, source: dict, count
         **(more or {}),
         **(extra_manifest or {}),
     }
+    # the training arrays every loader maps
+    manifest["arrays"] = store.finish() if store is not None and store.grouped else write_store(tmp, manifest)
+    if store is not None and not store.grouped:
+        store.abort()
     write_json(tmp / "manifest.json", manifest)
     return manifest
 

@@ -18,12 +18,15 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dsrsd_cli.data.archive import MemberReader
 from dsrsd_cli.data.ednet_batch import parse_batch
 from dsrsd_cli.data.ednet_contents import Contents
+from dsrsd_cli.data.ednet_row_arrays import RowRules, chunk_arrays
 from dsrsd_cli.errors import WorkFailed
 
 _CACHE: dict = {}  # per process: the contents and the open reader of the current run
@@ -38,7 +41,29 @@ def _work(task: tuple) -> dict:
         contents = Contents.from_tables(pq.read_table(Path(contents_dir, "questions.parquet")),
                                         pq.read_table(Path(contents_dir, "lectures.parquet")))
         _CACHE.update(key=(kind, root, contents_dir), contents=contents, reader=MemberReader(kind, root))
-    return parse_batch(learners, _CACHE["contents"], _CACHE["reader"], strict=strict, display=display)
+        _CACHE["rules"] = _row_rules(contents, Path(contents_dir))
+    result = parse_batch(learners, _CACHE["contents"], _CACHE["reader"], strict=strict, display=display)
+    result["arrays"] = _training_arrays(result, _CACHE["rules"])
+    return result
+
+
+def _row_rules(contents: Contents, folder: Path) -> RowRules:
+    high = {"question": contents.questions.num_rows, "bundle": contents.n_bundles, "tag": contents.n_tags,
+            "source": 127}   # sources are batch-local here; the main process maps them (SourceVocab)
+    return RowRules.from_tables(folder / "interactions.parquet", contents.questions, contents.lectures, high)
+
+
+def _training_arrays(result: dict, rules: RowRules) -> tuple:
+    """The batch's training arrays (data/ednet_store.py), computed here so that they are
+    computed in parallel: (names, (n,) user codes, arrays). `source` holds batch-local
+    codes + 1 (0 = none), which the main process maps to the folder's vocabulary."""
+    table = result["table"]
+    if not table.num_rows:
+        return np.zeros(0, object), np.zeros(0, np.int64), {}
+    source = table["source"].combine_chunks()
+    shifted = pc.add(source.cast(pa.int16()), 1).cast(pa.int8())                 # null stays null -> 0
+    names, codes, arrays = chunk_arrays(rules, table.set_column(table.schema.get_field_index("source"), "source", shifted))
+    return names, codes, arrays
 
 
 def _clear_cache() -> None:

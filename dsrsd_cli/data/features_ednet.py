@@ -157,7 +157,7 @@ def _custom_blocks(prepared: Prepared, a: "_Answers", names: np.ndarray, users: 
     column of its modality group as is (categorical: its code, NaN unknown); an `after` one is
     its running mean over the learner's EARLIER bundles ("<modality>.custom.<name>_mean",
     NaN before any value), like the post-answer behaviour above."""
-    from dsrsd_cli.data.ednet_windows import custom_layout, read_custom_features
+    from dsrsd_cli.data.ednet_row_arrays import custom_layout, read_custom_features
 
     layout = custom_layout(prepared)
     if not layout:

@@ -39,10 +39,8 @@ from rich.console import Console
 from dsrsd_cli.config import RunConfig, load_config, result_settings
 from dsrsd_cli.engine import stats
 from dsrsd_cli.engine.metrics import compute_metrics
-from dsrsd_cli.engine.runs import (
-    METRICS_FILE, PREDICTIONS_FILE, STATE_FILE, RunInfo, class_names, frame_probs, load_run, predict_batches,
-    read_run_info, torch_threads,
-)
+from dsrsd_cli.engine.runs import METRICS_FILE, PREDICTIONS_FILE, STATE_FILE, RunInfo, load_run, read_run_info, torch_threads
+from dsrsd_cli.engine.scoring import class_names, frame_probs, predict_batches
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.io import atomic_write_text, to_jsonable, write_json
 from dsrsd_cli.report import (

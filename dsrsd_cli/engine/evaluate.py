@@ -8,14 +8,21 @@ On one split (test by default), with the run's best weights:
                (Gaussian noise of std = level on its float inputs; token dropout: each id
                replaced by 0, the padding id, with probability = level on its integer
                inputs), with the area under AUC-vs-level (trapezoid over levels 0..1,
-               divided by the level range). Noise is seeded per (modality, level).
+               divided by the level range). Noise is seeded per (modality, level), and under
+               torchrun also per rank: each rank draws the noise of its own shard, so an
+               N-process sweep's noisy AUCs come from another draw of the same noise than a
+               single process's (the absent-modality AUCs are the same).
+Every pass streams the split (scoring.score_batches): the predictions file is written chunk by
+chunk and the metrics come from compact label/probability arrays, so memory does not grow
+with a DataFrame of the split; only the first pass builds key columns.
+Under torchrun (`--nproc N`, or WORLD_SIZE set) each rank scores its shard of every pass and
+rank 0 computes the metrics on their union and writes the files (engine/distributed.py).
 Files: RUN_DIR/eval/<split>.json, predictions_<split>.parquet, robustness.png.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,10 +32,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dsrsd_cli.config import DataConfig
 from dsrsd_cli.data.loader import make_loader, make_spec
-from dsrsd_cli.engine.metrics import area_under_curve, compute_metrics
-from dsrsd_cli.engine.runs import LoadedRun, check_compatible, class_names, frame_probs, load_run, predict_batches, torch_threads
+from dsrsd_cli.engine.distributed import DistEnv, launch_torchrun, output_file, process_group, rank_device, score_split
+from dsrsd_cli.engine.metrics import area_under_curve
+from dsrsd_cli.engine.runs import LoadedRun, check_compatible, load_run, open_run_data, read_run_info, torch_threads
+from dsrsd_cli.engine.scoring import Scores, class_names
 from dsrsd_cli.errors import BadInput
-from dsrsd_cli.io import atomic_write_bytes, to_jsonable, write_json
+from dsrsd_cli.io import to_jsonable, write_json
 from dsrsd_cli.report import metrics_table, plot_robustness, print_json, robustness_table
 from dsrsd_cli.types import Batch
 
@@ -38,9 +47,23 @@ SPLITS = ("train", "valid", "test")
 
 def evaluate_from_cli(
     *, run_dir: Path, split: str, masks: list[str], cutoff_days: list[int], robustness: bool,
-    data: Path | None, json_out: bool, console: Console,
+    data: Path | None, json_out: bool, console: Console, nproc: int = 1,
 ) -> None:
+    env = DistEnv.from_env()
+    if nproc > 1 and not env.distributed:
+        check_request(run_dir, split=split, masks=masks, cutoff_days=cutoff_days, data=data)
+        args = ["evaluate", str(run_dir), "--split", split, "--robustness" if robustness else "--no-robustness"]
+        for m in masks:
+            args += ["--mask", m]
+        for day in cutoff_days:
+            args += ["--cutoff-day", str(day)]
+        if data is not None:
+            args += ["--data", str(data)]
+        launch_torchrun([*args, *(["--json"] if json_out else [])], nproc=nproc, console=console)
+        return
     result = evaluate_run(run_dir, split=split, masks=masks, cutoff_days=cutoff_days, robustness=robustness, data=data, console=console)
+    if result is None:   # a rank other than 0: it scored its shard, rank 0 reports
+        return
     rows = {"full": result["metrics"]}
     if "masked" in result:
         rows[f"without {', '.join(result['masked']['modalities'])}"] = result["masked"]["metrics"]
@@ -54,6 +77,24 @@ def evaluate_from_cli(
         print_json(result)
 
 
+def check_request(run_dir: Path, *, split: str, masks=(), cutoff_days=(), data: Path | None = None) -> None:
+    """The options checked against the run without loading its model (before `--nproc`
+    launches workers, so a bad option fails once, with exit code 2)."""
+    if split not in SPLITS:
+        raise BadInput(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    info = read_run_info(run_dir)
+    _check_options(info.spec, masks, cutoff_days)
+    open_run_data(info, data)
+
+
+def _check_options(spec, masks, cutoff_days) -> None:
+    for m in masks:
+        if m not in spec.modalities:
+            raise BadInput(f"--mask {m!r}: not a modality of {spec.dataset}; choose from {', '.join(spec.modalities)}")
+    if cutoff_days and spec.dataset != "oulad":
+        raise BadInput("--cutoff-day applies to OULAD runs only (EdNet predicts every step; there is no cutoff)")
+
+
 def evaluate_run(
     run_dir: Path,
     *,
@@ -64,78 +105,93 @@ def evaluate_run(
     data: Path | None = None,
     device: str = "auto",
     console: Console | None = None,
-) -> dict[str, Any]:
-    """Evaluate a run folder; writes RUN_DIR/eval/ and returns what it wrote to <split>.json."""
+) -> dict[str, Any] | None:
+    """Evaluate a run folder; writes RUN_DIR/eval/ and returns what it wrote to <split>.json.
+    Under torchrun every rank scores its shard; rank 0 writes and returns, the others return None."""
     if split not in SPLITS:
         raise BadInput(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
-    run = load_run(run_dir, device=device, data=data)
-    with torch_threads(run.cfg.train.threads):
-        return _evaluate(run, split=split, masks=masks, cutoff_days=cutoff_days, robustness=robustness, console=console)
+    env = DistEnv.from_env()
+    run = load_run(run_dir, device=rank_device(device, env), data=data)
+    with process_group(env, run.device), torch_threads(run.cfg.train.threads):
+        return _evaluate(run, env, split=split, masks=masks, cutoff_days=cutoff_days, robustness=robustness, console=console)
 
 
-def _evaluate(run: LoadedRun, *, split, masks, cutoff_days, robustness, console) -> dict[str, Any]:
+def _evaluate(run: LoadedRun, env: DistEnv, *, split, masks, cutoff_days, robustness, console) -> dict[str, Any] | None:
     spec = run.spec
     masks = list(dict.fromkeys(masks))
-    for m in masks:
-        if m not in spec.modalities:
-            raise BadInput(f"--mask {m!r}: not a modality of {spec.dataset}; choose from {', '.join(spec.modalities)}")
-    if cutoff_days and spec.dataset != "oulad":
-        raise BadInput("--cutoff-day applies to OULAD runs only (EdNet predicts every step; there is no cutoff)")
+    _check_options(spec, masks, cutoff_days)
     out_dir = run.run_dir / "eval"
     if out_dir.is_symlink():
         raise BadInput(f"{out_dir}: is a symbolic link; refusing to write through it (remove it)")
-    console = console or Console(stderr=True, quiet=True)
+    if console is None or not env.is_main:
+        console = Console(stderr=True, quiet=True)
 
-    loader = _loader(run, split, run.cfg.data)
-    frame = _predict(run, loader)
-    if frame.empty:
+    loader = _loader(run, split, run.cfg.data, env)
+    if len(loader.dataset) == 0:   # every rank sees the same split: all stop here together
         raise BadInput(f"{run.prepared.path}: the {split} split has no rows to evaluate")
-    metrics = _metrics(frame)
-    result: dict[str, Any] = {
-        "run_dir": str(run.run_dir),
-        "model": run.cfg.model.name,
-        "split": split,
-        "data": {"path": str(run.prepared.path), "same_as_training": run.same_data},
-        "metrics": metrics,
-    }
-    if masks:
-        masked = _metrics(_predict(run, loader, transform=lambda b: b.without(*masks)))
-        result["masked"] = {"modalities": masks, "metrics": masked, "auc_drop": metrics.get("auc", float("nan")) - masked.get("auc", float("nan"))}
-    if cutoff_days:
-        result["cutoffs"] = []
-        for day in cutoff_days:
-            data_cfg = run.cfg.data.model_copy(update={"cutoff_day": int(day)})
-            _check_spec(run, data_cfg)
-            day_frame = _predict(run, _loader(run, split, data_cfg))
-            result["cutoffs"].append({"cutoff_day": int(day), "metrics": _metrics(day_frame) if len(day_frame) else {"n": 0}})
-    if robustness:
-        result["robustness"] = robustness_sweep(run, loader, base_auc=metrics.get("auc", float("nan")), console=console)
-
-    result = to_jsonable(result)
-    write_json(out_dir / f"{split}.json", result)
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    atomic_write_bytes(out_dir / f"predictions_{split}.parquet", buffer.getvalue())
+    with output_file(out_dir / f"predictions_{split}.parquet", env) as predictions:
+        scores = _score(run, loader, env, out=predictions)
+        if scores is None:   # not rank 0: score the shard of every other pass, report nothing
+            _other_passes(run, env, loader, split, masks, cutoff_days, robustness, base_auc=float("nan"), console=console)
+            return None
+        if not len(scores):
+            raise BadInput(f"{run.prepared.path}: the {split} split has no rows to evaluate")
+        metrics = scores.metrics()
+        result: dict[str, Any] = {
+            "run_dir": str(run.run_dir),
+            "model": run.cfg.model.name,
+            "split": split,
+            "data": {"path": str(run.prepared.path), "same_as_training": run.same_data},
+            "metrics": metrics,
+        }
+        result.update(_other_passes(run, env, loader, split, masks, cutoff_days, robustness, base_auc=metrics.get("auc", float("nan")), console=console))
+        if "masked" in result:
+            result["masked"]["auc_drop"] = metrics.get("auc", float("nan")) - result["masked"]["metrics"].get("auc", float("nan"))
+        result = to_jsonable(result)
+        write_json(out_dir / f"{split}.json", result)
     if robustness:
         plot_robustness(result["robustness"], out_dir / "robustness.png", title=f"{run.cfg.model.name} on {split}")
     return result
 
 
-def _loader(run: LoadedRun, split: str, data_cfg: DataConfig):
+def _other_passes(run: LoadedRun, env: DistEnv, loader, split: str, masks, cutoff_days, robustness, *, base_auc: float, console) -> dict[str, Any]:
+    """The passes after the full model's (every rank runs them; the results are rank 0's):
+    masked, per cutoff day, robustness sweep."""
+    out: dict[str, Any] = {}
+    if masks:
+        masked = _score(run, loader, env, transform=lambda b: b.without(*masks))
+        out["masked"] = {"modalities": masks, "metrics": _metrics(masked)}
+    if cutoff_days:
+        out["cutoffs"] = []
+        for day in cutoff_days:
+            data_cfg = run.cfg.data.model_copy(update={"cutoff_day": int(day)})
+            _check_spec(run, data_cfg)
+            day_scores = _score(run, _loader(run, split, data_cfg, env), env)
+            out["cutoffs"].append({"cutoff_day": int(day), "metrics": _metrics(day_scores)})
+    if robustness:
+        out["robustness"] = robustness_sweep(run, loader, base_auc=base_auc, console=console, env=env)
+    return out
+
+
+def _loader(run: LoadedRun, split: str, data_cfg: DataConfig, env: DistEnv):
+    """This rank's shard of `split` (all of it in a single process), in a fixed order."""
     batch_size = run.cfg.train.eval_batch_size or data_cfg.batch_size
-    return make_loader(run.prepared, split, data_cfg, shuffle=False, seed=run.cfg.train.seed, batch_size=batch_size)
+    return make_loader(run.prepared, split, data_cfg, shuffle=False, seed=run.cfg.train.seed, batch_size=batch_size,
+                       rank=env.rank, world_size=env.world_size)
 
 
-def _predict(run: LoadedRun, loader, transform: Callable[[Batch], Batch] | None = None):
-    return predict_batches(run.model, loader, run.device, transform=transform, n_outputs=run.spec.n_outputs, classes=class_names(run.spec))
+def _score(run: LoadedRun, loader, env: DistEnv, *, out: Path | None = None, transform: Callable[[Batch], Batch] | None = None) -> Scores | None:
+    """Scores of the split (rank 0; None on the others); with `out`, its predictions file too."""
+    return score_split(run.model, loader, run.device, env, n_outputs=run.spec.n_outputs, classes=class_names(run.spec),
+                       out=out, transform=transform)
 
 
 def _check_spec(run: LoadedRun, data_cfg: DataConfig) -> None:
     check_compatible(run.spec, make_spec(run.prepared, data_cfg), where=f"{run.prepared.path} at cutoff day {data_cfg.cutoff_day}")
 
 
-def _metrics(frame) -> dict[str, Any]:
-    return compute_metrics(frame["label"].to_numpy(), frame_probs(frame)) if len(frame) else {"n": 0}
+def _metrics(scores: Scores | None) -> dict[str, Any]:
+    return scores.metrics() if scores is not None else {}
 
 
 # ---------------------------------------------------------------- robustness
@@ -166,18 +222,19 @@ def noise_kind(batch: Batch, modality: str) -> str:
 
 
 def robustness_sweep(
-    run: LoadedRun, loader, *, base_auc: float, levels=NOISE_LEVELS, console: Console | None = None
+    run: LoadedRun, loader, *, base_auc: float, levels=NOISE_LEVELS, console: Console | None = None, env: DistEnv = DistEnv(),
 ) -> dict[str, Any]:
-    """AUC with each modality absent, and under noise at each level (level 0 = base_auc)."""
+    """AUC with each modality absent, and under noise at each level (level 0 = base_auc).
+    Under DDP every rank runs every pass on its shard; the AUCs are rank 0's (NaN elsewhere)."""
     spec = run.spec
     seed = run.cfg.train.seed
-    first = next(iter(loader))
+    first = next(iter(loader), None)   # one batch, to name the kind of noise (a rank's shard may be empty)
     passes = len(spec.modalities) * (1 + sum(1 for level in levels if level > 0))
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console or Console(stderr=True, quiet=True))
 
     def auc_with(transform: Callable[[Batch], Batch]) -> float:
-        frame = _predict(run, loader, transform=transform)
-        return compute_metrics(frame["label"].to_numpy(), frame_probs(frame)).get("auc", float("nan"))
+        scores = _score(run, loader, env, transform=transform)   # label + probabilities only: no key columns
+        return scores.metrics().get("auc", float("nan")) if scores is not None else float("nan")
 
     out: dict[str, Any] = {"levels": list(levels), "base_auc": base_auc, "seed": seed, "modalities": {}}
     if not getattr(run.model, "reads_batch_inputs", True):
@@ -195,14 +252,16 @@ def robustness_sweep(
                 if level == 0:
                     noise_auc.append(base_auc)  # no noise: the full model's AUC
                     continue
-                generator = torch.Generator().manual_seed(seed * 1_000_003 + i * 1_009 + j)
+                # per (modality, level); rank r > 0 (torchrun) draws its own shard's noise
+                generator = torch.Generator().manual_seed(seed * 1_000_003 + i * 1_009 + j + env.rank * 104_729)
                 noise_auc.append(auc_with(lambda b, m=modality, lv=level, g=generator: add_noise(b, m, lv, g)))
                 progress.advance(task)
             if len(levels) < 2:
                 noise_auc = [base_auc] + [float("nan")] * (len(out["levels"]) - 1)
+            kind = noise_kind(first, modality) if first is not None else "none"
             out["modalities"][modality] = {
                 "absent_auc": absent,
-                "noise_kind": noise_kind(first, modality) if len(levels) > 1 else "not applicable (model reads no batch tensors)",
+                "noise_kind": kind if len(levels) > 1 else "not applicable (model reads no batch tensors)",
                 "noise_auc": noise_auc,
                 "noise_area": area_under_curve(levels, noise_auc) if len(levels) > 1 else float("nan"),
             }

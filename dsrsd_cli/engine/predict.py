@@ -11,22 +11,27 @@ The data must be readable by the run's model, row for row:
     the sizes are checked and a warning says so.
 OUT (Parquet, written atomically): the keys (EdNet user, position; OULAD code_module,
 code_presentation, id_student), label (the data's own outcome), probability (or one
-probability_<class> column per class).
+probability_<class> column per class). It is written as the batches are scored, row group
+by row group, under a temporary name renamed to OUT at the end (runs.PredictionsWriter), so
+memory does not grow with the number of rows scored. Under torchrun (`--nproc N`) each rank
+scores its shard and rank 0 concatenates the parts (engine/distributed.py); the rows are
+then in rank order, not in the single-process order (the keys identify them).
 """
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from dsrsd_cli.engine.runs import class_names, load_run, predict_batches, read_run_info, torch_threads
+from dsrsd_cli.engine.distributed import DistEnv, from_rank0, launch_torchrun, output_file, process_group, rank_device, score_split
+from dsrsd_cli.engine.runs import load_run, read_run_info, torch_threads
+from dsrsd_cli.engine.scoring import class_names
 from dsrsd_cli.errors import BadInput
-from dsrsd_cli.io import atomic_write_bytes
 
 SPLITS = ("all", "train", "valid", "test")
 
@@ -75,20 +80,31 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def predict_run(run_dir: Path, *, data: Path, out: Path, split: str = "all", device: str = "auto", console: Console | None = None):
-    """Score `split` of the prepared folder `data` with the run; write OUT; return the frame."""
-    from dsrsd_cli.data.loader import make_loader, open_prepared
+def check_request(run_dir: Path, *, data: Path, out: Path, split: str):
+    """The options that need no model: the split, OUT not a folder, the data's dataset is the
+    run's. Returns (run info, prepared data). Also run before `--nproc` launches workers."""
+    from dsrsd_cli.data.loader import open_prepared
 
-    console = console or Console(stderr=True, quiet=True)
     if split not in SPLITS:
         raise BadInput(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
-    out = Path(out)
-    if out.is_dir():
-        raise BadInput(f"--out {out}: is a folder; give a file name such as {out / 'scores.parquet'}")
+    if Path(out).is_dir():
+        raise BadInput(f"--out {out}: is a folder; give a file name such as {Path(out) / 'scores.parquet'}")
     info, prepared = read_run_info(run_dir), open_prepared(data)
     if prepared.dataset != info.spec.dataset:
         raise BadInput(f"{data}: holds {prepared.dataset} data, but {run_dir} was trained on {info.spec.dataset}; give a prepared {info.spec.dataset} folder")
-    run = load_run(run_dir, device=device, data=data)  # schema version, target and every size
+    return info, prepared
+
+
+def predict_to_file(run_dir: Path, *, data: Path, out: Path, split: str = "all", device: str = "auto", console: Console | None = None) -> int:
+    """Score `split` of the prepared folder `data` with the run, streaming the predictions to
+    OUT; returns the number of rows written (every rank gets rank 0's count under torchrun)."""
+    from dsrsd_cli.data.loader import make_loader, open_prepared
+
+    env = DistEnv.from_env()
+    if console is None or not env.is_main:
+        console = Console(stderr=True, quiet=True)
+    check_request(run_dir, data=data, out=out, split=split)
+    run = load_run(run_dir, device=rank_device(device, env), data=data)  # schema version, target and every size
     if not run.same_data:
         trained_on = Path(run.info.data.path)
         training = None
@@ -104,18 +120,31 @@ def predict_run(run_dir: Path, *, data: Path, out: Path, split: str = "all", dev
     elif split in ("all", "train", "valid"):
         console.print(f"note: {split} includes learners the run was trained or early-stopped on; their scores are optimistic", highlight=False)
 
-    with torch_threads(run.cfg.train.threads):
+    with process_group(env, run.device), torch_threads(run.cfg.train.threads):
         loader = make_loader(run.prepared, split, run.cfg.data, shuffle=False, seed=run.cfg.train.seed,
-                             batch_size=run.cfg.train.eval_batch_size or run.cfg.data.batch_size)
-        frame = predict_batches(run.model, loader, run.device, n_outputs=run.spec.n_outputs, classes=class_names(run.spec))
-    if frame.empty:
-        raise BadInput(f"{data}: the {split} split has no rows to score")
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    atomic_write_bytes(out, buffer.getvalue())
-    return frame
+                             batch_size=run.cfg.train.eval_batch_size or run.cfg.data.batch_size, rank=env.rank, world_size=env.world_size)
+        if len(loader.dataset) == 0:
+            raise BadInput(f"{data}: the {split} split has no rows to score")
+        with output_file(Path(out), env) as target:
+            scores = score_split(run.model, loader, run.device, env, n_outputs=run.spec.n_outputs, classes=class_names(run.spec), out=target)
+            if scores is not None and not len(scores):
+                raise BadInput(f"{data}: the {split} split has no rows to score")
+        return from_rank0(len(scores) if scores is not None else None, env)
 
 
-def predict_from_cli(*, run_dir: Path, data: Path, out: Path, split: str, console: Console) -> None:
-    frame = predict_run(run_dir, data=data, out=out, split=split, console=console)
-    console.print(f"scored {len(frame):,} rows of {data} ({split}) with {run_dir}: wrote {out}", highlight=False)
+def predict_run(run_dir: Path, *, data: Path, out: Path, split: str = "all", device: str = "auto", console: Console | None = None) -> pd.DataFrame:
+    """predict_to_file, then OUT read back as a DataFrame (for Python callers and tests;
+    the command line never holds the rows in memory)."""
+    predict_to_file(run_dir, data=data, out=out, split=split, device=device, console=console)
+    return pd.read_parquet(out)
+
+
+def predict_from_cli(*, run_dir: Path, data: Path, out: Path, split: str, console: Console, nproc: int = 1) -> None:
+    env = DistEnv.from_env()
+    if nproc > 1 and not env.distributed:
+        check_request(run_dir, data=data, out=out, split=split)
+        launch_torchrun(["predict", str(run_dir), "--data", str(data), "--out", str(out), "--split", split], nproc=nproc, console=console)
+        return
+    rows = predict_to_file(run_dir, data=data, out=out, split=split, console=console)
+    if env.is_main:
+        console.print(f"scored {rows:,} rows of {data} ({split}) with {run_dir}: wrote {out}", highlight=False)

@@ -53,6 +53,25 @@ def prepare_from_cli(*, dataset: str, raw: Path | None, out: Path | None, json_o
     return manifest
 
 
+def refresh_arrays_from_cli(*, dataset: str, out: Path | None, console: Console) -> dict:
+    """`dsrsd prepare --refresh-arrays`: rebuild an EdNet-schema folder's training arrays from its
+    own Parquet files (data/ednet_store.py), keeping everything else; returns the manifest."""
+    from dsrsd_cli.data.ednet_store import refresh_store
+    from dsrsd_cli.data.prepare import output_dir
+    from dsrsd_cli.data.prepared import open_prepared
+    from dsrsd_cli.errors import BadInput
+
+    folder = output_dir(dataset, out)
+    prepared = open_prepared(folder)
+    if prepared.dataset != "ednet":
+        raise BadInput(f"{folder}: holds {prepared.dataset} data, which has no training arrays; --refresh-arrays "
+                       "applies to EdNet-schema folders (prepare --dataset ednet, riiid, custom)")
+    manifest = refresh_store(folder)
+    entry = manifest["arrays"]
+    console.print(f"rebuilt {folder / 'arrays'}: {entry['rows']:,} answers of {entry['learners']:,} learners", highlight=False)
+    return manifest
+
+
 def prepare_ednet(raw: Path, out: Path, *, console: Console | None = None, **options) -> dict:
     """data.ednet.prepare_ednet with its progress bar and rows-dropped table on `console`."""
     from dsrsd_cli.data.ednet import prepare_ednet as prepare

@@ -8,6 +8,7 @@ A run folder is UNTRUSTED input: someone may hand you one. So loading it never u
                      and plain containers and refuses any other global (e.g. a __reduce__
                      that would run a command).
 Anything else is refused with a one-line BadInput before a byte of it is interpreted.
+Scoring a split (probabilities, streamed predictions files) is engine/scoring.py.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import datetime as _dt
 import io
 import os
 import pickle
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator
 
-import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -34,11 +35,10 @@ from torch import nn
 from dsrsd_cli import __version__
 from dsrsd_cli.config import RunConfig, migrate_config, validate_config
 from dsrsd_cli.data.loader import Prepared, make_spec, open_prepared
-from dsrsd_cli.data.schema import OULAD_RESULTS
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.io import atomic_write_bytes, atomic_write_text, read_json, write_json
 from dsrsd_cli.model.registry import build_model, model_names
-from dsrsd_cli.types import Batch, DataSpec
+from dsrsd_cli.types import DataSpec
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -167,6 +167,19 @@ class RunLog:
         stamp = _dt.datetime.now().isoformat(timespec="seconds")
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(f"{stamp} {line}\n")
+
+
+def seconds_since_process_start(fallback_start: float) -> float:
+    """Wall seconds since this process was started (imports, data and model building included):
+    /proc/self/stat's starttime (clock ticks after boot) against /proc/uptime. Where there is
+    no /proc (macOS), the seconds since `fallback_start` (a time.time() taken early)."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        start_ticks = int(stat[stat.rindex(")") + 2:].split()[19])   # field 22; the name (field 2) may hold spaces
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time() - fallback_start
 
 
 # ---------------------------------------------------------------- weights and state
@@ -299,14 +312,10 @@ class LoadedRun:
     same_data: bool                  # the data is the one the run was trained on (manifest hash)
 
 
-def load_run(run_dir: str | Path, *, device: str = "cpu", data: Path | None = None) -> LoadedRun:
-    info = read_run_info(run_dir)
-    run_dir = info.run_dir
-    state_path = run_dir / STATE_FILE
-    if state_path.exists():
-        load_state(state_path)  # refuse a folder that carries a non-plain (possibly malicious) state
-    tensors = load_weights(run_dir / WEIGHTS_FILE)
-
+def open_run_data(info: RunInfo, data: Path | None) -> tuple[Prepared, Any, bool]:
+    """The prepared folder a run is used on: `data`, or (None) the one it was trained on,
+    which must not have changed since. Checked to size the run's model exactly.
+    Returns (prepared, the run's data config pointing at it, same data as in training)."""
     data_path = Path(data) if data is not None else Path(info.data.path)
     if data is None and not data_path.exists() and Path(info.cfg.data.path).exists():
         data_path = Path(info.cfg.data.path)  # the run was moved along with a relative data folder
@@ -314,11 +323,22 @@ def load_run(run_dir: str | Path, *, device: str = "cpu", data: Path | None = No
     same_data = prepared.manifest_hash == info.data.manifest_hash
     if data is None and not same_data:
         raise BadInput(
-            f"{data_path}: the prepared data changed since {run_dir} was trained (manifest hash differs); "
+            f"{data_path}: the prepared data changed since {info.run_dir} was trained (manifest hash differs); "
             f"pass --data {data_path} to use it anyway, or re-prepare the original data"
         )
     data_cfg = info.cfg.data.model_copy(update={"path": str(data_path)})
     check_compatible(info.spec, make_spec(prepared, data_cfg), where=str(data_path))
+    return prepared, data_cfg, same_data
+
+
+def load_run(run_dir: str | Path, *, device: str = "cpu", data: Path | None = None) -> LoadedRun:
+    info = read_run_info(run_dir)
+    run_dir = info.run_dir
+    state_path = run_dir / STATE_FILE
+    if state_path.exists():
+        load_state(state_path)  # refuse a folder that carries a non-plain (possibly malicious) state
+    tensors = load_weights(run_dir / WEIGHTS_FILE)
+    prepared, data_cfg, same_data = open_run_data(info, data)
     cfg = info.cfg.model_copy(update={"data": data_cfg})
 
     model = build_model(info.spec, cfg.model, cfg.dsrsd)
@@ -328,98 +348,6 @@ def load_run(run_dir: str | Path, *, device: str = "cpu", data: Path | None = No
     dev = resolve_device(device)
     model.to(dev).eval()
     return LoadedRun(run_dir=run_dir, cfg=cfg, spec=info.spec, model=model, prepared=prepared, device=dev, info=info, same_data=same_data)
-
-
-# ---------------------------------------------------------------- predictions
-
-def probabilities(logits: torch.Tensor, n_outputs: int) -> torch.Tensor:
-    """Binary: sigmoid of (...) logits; multi-class: softmax over the last dim of (..., C)."""
-    logits = logits.float()
-    return torch.sigmoid(logits) if n_outputs == 1 else torch.softmax(logits, dim=-1)
-
-
-def class_names(spec: DataSpec) -> list[str]:
-    """Names of the classes of a multi-class target, in logit order (empty for binary)."""
-    if spec.n_outputs == 1:
-        return []
-    if spec.target == "result4" and len(OULAD_RESULTS) == spec.n_outputs:
-        return list(OULAD_RESULTS)
-    return [str(c) for c in range(spec.n_outputs)]
-
-
-def probability_columns(n_outputs: int, names: Sequence[str] | None = None) -> list[str]:
-    """"probability" (binary), or one "probability_<class>" column per class."""
-    if n_outputs == 1:
-        return ["probability"]
-    names = list(names) if names else [str(c) for c in range(n_outputs)]
-    return [f"probability_{name}" for name in names]
-
-
-def _key_column(value: Any, mask: torch.Tensor, rows: torch.Tensor) -> np.ndarray:
-    """A batch key as one value per scored position: per-position tensors are masked,
-    per-row tensors and lists are repeated along each row's scored positions."""
-    if isinstance(value, torch.Tensor):
-        if value.shape == mask.shape:
-            return value[mask].cpu().numpy()
-        return value.cpu()[rows.cpu()].numpy()
-    return np.asarray(value, dtype=object)[rows.cpu().numpy()]
-
-
-@torch.no_grad()
-def predict_batches(
-    model: nn.Module,
-    loader: Any,
-    device: torch.device | str,
-    *,
-    transform: Callable[[Batch], Batch] | None = None,
-    n_outputs: int | None = None,
-    classes: Sequence[str] | None = None,
-    on_output: Callable[[Any, Batch], None] | None = None,
-) -> pd.DataFrame:
-    """Keys + label + probability for every scored position (`batch.mask`) of every batch.
-
-    `transform` changes each batch before the forward pass (modality masks, noise).
-    `on_output(output, batch)` sees every ModelOutput (the mechanism diagnostics read its aux).
-    Multi-class runs get one probability column per class, named after `classes`
-    (class_names(spec); e.g. probability_Pass ...), in logit order.
-    """
-    was_training = model.training
-    model.eval()
-    device = torch.device(device)
-    parts: dict[str, list[np.ndarray]] = {}
-    try:
-        for batch in loader:
-            batch = batch.to(device)
-            if transform is not None:
-                batch = transform(batch)
-            output = model(batch)
-            if on_output is not None:
-                on_output(output, batch)
-            logits = output.logits
-            n_out = n_outputs or (logits.shape[-1] if logits.dim() > batch.mask.dim() else 1)
-            mask = batch.mask.bool()
-            rows = mask.nonzero(as_tuple=True)[0]
-            for name, value in batch.keys.items():
-                parts.setdefault(name, []).append(_key_column(value, mask, rows))
-            parts.setdefault("label", []).append(batch.target[mask].cpu().numpy())
-            prob = probabilities(logits, n_out)[mask].cpu().numpy()  # (N,) or (N, C)
-            for c, column in enumerate(probability_columns(n_out, classes)):
-                parts.setdefault(column, []).append(prob if n_out == 1 else prob[:, c])
-    finally:
-        model.train(was_training)
-    frame = pd.DataFrame({name: np.concatenate(chunks) if chunks else np.array([]) for name, chunks in parts.items()})
-    if "label" in frame and len(frame):
-        is_integral = np.all(np.mod(frame["label"].to_numpy(dtype=np.float64), 1) == 0)
-        frame["label"] = frame["label"].astype(np.int64 if is_integral else np.float64)
-    return frame
-
-
-def frame_probs(frame: pd.DataFrame) -> np.ndarray:
-    """The probability column(s) of a predictions frame: (n,) binary or (n, C)."""
-    if "probability" in frame:
-        return frame["probability"].to_numpy(dtype=np.float64)
-    columns = [c for c in frame.columns if c.startswith("probability_")]  # written in class order
-    return frame[columns].to_numpy(dtype=np.float64)
 
 
 def next_run_dir(root: str | Path = "runs") -> Path:

@@ -16,7 +16,6 @@ The run folder's files are written with engine/runs.py.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import os
@@ -36,15 +35,15 @@ from dsrsd_cli.config import RunConfig, apply_overrides, flat_keys, load_config,
 from dsrsd_cli.data.loader import make_loader, make_spec, open_prepared
 from dsrsd_cli.engine import tensorboard
 from dsrsd_cli.engine.checkpoint import LoopState, check_resumable, restore, set_rng_state, state_dict
-from dsrsd_cli.engine.distributed import DistEnv, any_rank, from_rank0, gather_rng, init_distributed, launch_distributed
-from dsrsd_cli.engine.metrics import compute_metrics
+from dsrsd_cli.engine.distributed import DistEnv, any_rank, from_rank0, gather_rng, init_distributed, launch_distributed, output_file, score_split
 from dsrsd_cli.engine.runs import (
-    LOG_FILE, METRICS_FILE, PREDICTIONS_FILE, STATE_FILE, WEIGHTS_FILE, RunLog, attach_data, claim_run_dir, class_names,
-    frame_probs, load_state, load_weights, predict_batches, read_run_info, resolve_device, save_state, save_weights,
+    LOG_FILE, METRICS_FILE, PREDICTIONS_FILE, STATE_FILE, WEIGHTS_FILE, RunLog, attach_data, claim_run_dir,
+    load_state, load_weights, read_run_info, resolve_device, save_state, save_weights, seconds_since_process_start,
     write_history, write_run_config,
 )
+from dsrsd_cli.engine.scoring import class_names
 from dsrsd_cli.errors import BadInput, WorkFailed
-from dsrsd_cli.io import atomic_write_bytes, to_jsonable, write_json
+from dsrsd_cli.io import to_jsonable, write_json
 from dsrsd_cli.model import losses
 from dsrsd_cli.model.diagnostics import MechanismProbe
 from dsrsd_cli.model.registry import build_model, model_kind
@@ -68,6 +67,7 @@ def train_run(cfg: RunConfig, *, out: Path | None = None, resume: Path | None = 
     `on_epoch(epoch, valid_auc)` is called after each epoch's state is saved (`dsrsd tune`
     prunes trials from it by raising; the run folder then holds a resumable state).
     """
+    entered = time.time()   # "first step done" counts from the process start (from here where /proc is absent)
     env = DistEnv.from_env()
     if quiet or not env.is_main:
         console = Console(stderr=True, quiet=True)
@@ -84,7 +84,7 @@ def train_run(cfg: RunConfig, *, out: Path | None = None, resume: Path | None = 
     created_group = init_distributed(env, device)
     restore_globals = _set_determinism(device, cfg.train.threads)
     try:
-        return Trainer(cfg, env, device, console, out=out, resume=resume, on_epoch=on_epoch).fit()
+        return Trainer(cfg, env, device, console, out=out, resume=resume, on_epoch=on_epoch, entered=entered).fit()
     finally:
         restore_globals()
         if created_group:
@@ -96,9 +96,11 @@ class Trainer:
     from a run folder's saved state. `fit()` runs the epochs left and the final evaluation."""
 
     def __init__(self, cfg: RunConfig, env: DistEnv, device: torch.device, console: Console, *, out: Path | None, resume: Path | None,
-                 on_epoch: Callable[[int, float], None] | None = None):
+                 on_epoch: Callable[[int, float], None] | None = None, entered: float | None = None):
         self.cfg, self.env, self.device, self.console = cfg, env, device, console
         self.on_epoch = on_epoch
+        self.entered = time.time() if entered is None else entered   # when train_run began (time.time())
+        self.first_step_logged = False
         self.prepared = open_prepared(cfg.data.path)
         self.spec = spec = make_spec(self.prepared, cfg.data)
         _seed_everything(cfg.train.seed)
@@ -165,9 +167,12 @@ class Trainer:
             with self.stop, progress:
                 while not self.where.finished and self.where.epoch < self.cfg.train.epochs:
                     self._epoch(progress)
+            if self.env.distributed:
+                torch.distributed.barrier()   # rank 0 has written the best weights every rank loads
+            # every rank scores its shard of valid and test; rank 0 gathers, writes and reports
+            metrics = final_evaluation(self.model, self.run_dir, self.prepared, self.cfg, self.spec, self.device, self.where,
+                                       self.eval_batch, self.console, self.log, env=self.env)
             if self.env.is_main:
-                metrics = final_evaluation(self.model, self.run_dir, self.prepared, self.cfg, self.spec, self.device, self.where,
-                                           self.eval_batch, self.console, self.log)
                 self.curves.hparams(flat_keys(self.cfg), tensorboard.final_aucs(metrics), self.where.global_step)
         finally:
             self.curves.close()
@@ -232,6 +237,9 @@ class Trainer:
             sums[name] = sums.get(name, 0.0) + float(value)
         where.step_in_epoch += 1
         where.global_step += 1
+        if not self.first_step_logged:   # once per process (benchmarks watch log.txt for it)
+            self.first_step_logged = True
+            self.log(f"first step done: {seconds_since_process_start(self.entered):.1f} s after the process started")
         self.curves.scalars({"loss": loss, **{f"loss_{k}": v for k, v in parts.items() if k != "total"}, "lr": lr,
                              "grad_norm": grad_norm}, where.global_step, prefix="train/")
         return rows
@@ -311,31 +319,37 @@ class Trainer:
 
 def _validate(model: nn.Module, loader, device: torch.device, spec, tau: float) -> dict[str, Any]:
     """Validation metrics, plus the mechanism diagnostics (model/diagnostics.py) under
-    "mechanisms" for models whose output carries streams or gates."""
+    "mechanisms" for models whose output carries streams or gates. Streamed: only label and
+    probabilities are kept (no key columns)."""
     probe = MechanismProbe(tau=tau)
-    frame = predict_batches(model, loader, device, n_outputs=spec.n_outputs, classes=class_names(spec),
-                            on_output=lambda output, batch: probe.add(output.aux))
-    if frame.empty:
+    scores = score_split(model, loader, device, DistEnv(), n_outputs=spec.n_outputs,
+                         on_output=lambda output, batch: probe.add(output.aux))
+    if not len(scores):
         return {"auc": math.nan, "n": 0}
-    return {**compute_metrics(frame["label"].to_numpy(), frame_probs(frame)), "mechanisms": probe.result()}
+    return {**scores.metrics(), "mechanisms": probe.result()}
 
 
-def final_evaluation(model, run_dir, prepared, cfg, spec, device, where: LoopState, eval_batch, console, log) -> dict[str, Any]:
+def final_evaluation(model, run_dir, prepared, cfg, spec, device, where: LoopState, eval_batch, console, log,
+                     env: DistEnv = DistEnv()) -> dict[str, Any]:
     """Best weights on valid and test: metrics.json and predictions.parquet (test). Also the
-    end of a fitted model's run (engine/fit.py)."""
+    end of a fitted model's run (engine/fit.py). Streamed: the test predictions are written
+    batch by batch under a temporary name (renamed after metrics.json), the metrics come from
+    compact label/probability arrays. Called on every rank with `env` (DDP), each scores its
+    shard and rank 0 writes and reports (the other ranks return {})."""
     model.load_state_dict(load_weights(run_dir / WEIGHTS_FILE))
     attach_data(model, prepared, cfg.data)
-    results, test_frame = {}, None
-    for split in ("valid", "test"):
-        loader = make_loader(prepared, split, cfg.data, shuffle=False, seed=cfg.train.seed, batch_size=eval_batch)
-        frame = predict_batches(model, loader, device, n_outputs=spec.n_outputs, classes=class_names(spec))
-        results[split] = compute_metrics(frame["label"].to_numpy(), frame_probs(frame)) if len(frame) else {"n": 0}
-        test_frame = frame
-    metrics = {**results, "best_epoch": where.best_epoch, "epochs_run": where.epoch, "model": cfg.model.name, "seed": cfg.train.seed}
-    write_json(run_dir / METRICS_FILE, to_jsonable(metrics))
-    buffer = io.BytesIO()
-    test_frame.to_parquet(buffer, index=False)
-    atomic_write_bytes(run_dir / PREDICTIONS_FILE, buffer.getvalue())
+    results = {}
+    with output_file(run_dir / PREDICTIONS_FILE, env) as predictions:
+        for split in ("valid", "test"):
+            loader = make_loader(prepared, split, cfg.data, shuffle=False, seed=cfg.train.seed, batch_size=eval_batch,
+                                 rank=env.rank, world_size=env.world_size)
+            scores = score_split(model, loader, device, env, n_outputs=spec.n_outputs, classes=class_names(spec),
+                                 out=predictions if split == "test" else None)
+            results[split] = scores.metrics() if scores is not None else {}
+        if not env.is_main:
+            return {}
+        metrics = {**results, "best_epoch": where.best_epoch, "epochs_run": where.epoch, "model": cfg.model.name, "seed": cfg.train.seed}
+        write_json(run_dir / METRICS_FILE, to_jsonable(metrics))
     console.print(metrics_table(f"{run_dir} ({cfg.model.name}, best epoch {where.best_epoch})", {s: results[s] for s in ("valid", "test")}))
     log(f"final: valid AUC {results['valid'].get('auc')}, test AUC {results['test'].get('auc')} (best epoch {where.best_epoch})")
     return metrics

@@ -134,13 +134,19 @@ def run_command(cmd: list[str], log: Path, *, timeout: float | None = None, env:
 
 
 def _kill_group(child: subprocess.Popen) -> None:
-    """SIGTERM to the command's process group (train saves its state), then SIGKILL to what is left."""
-    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(child.pid, signal.SIGTERM)
-        child.wait(15)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
+    """SIGTERM to the command's process group and every descendant (train saves its state),
+    then SIGKILL to what is left. Descendants are named one by one: torchrun's workers may
+    leave the group, and a killed agent's workers were seen running on, holding GBs."""
+    family = set(_tree(child.pid)[2]) | {child.pid}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, sig)
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(15 if sig == signal.SIGTERM else None)
+        time.sleep(0.5 if sig == signal.SIGTERM else 0)
 
 
 class FirstStepWatch:
@@ -275,8 +281,11 @@ def bench_size(n: int, work: Path, args, eval_nproc: bool) -> dict:
     for p in (1, 2):
         print(f"N={n:,}: zip and prepared folder ready; training with {p} process(es)", flush=True)
         r[f"train_np{p}"] = train(n, data, work, p, args.train_timeout)
-    r["evaluate_np1"] = evaluate(n, work / f"run_{n}_np1", work, 1)
-    r["evaluate_np2"] = evaluate(n, work / f"run_{n}_np1", work, 2) if eval_nproc else {"skipped": "dsrsd evaluate has no --nproc"}
+    if args.evaluate_max is not None and n > args.evaluate_max:
+        r["evaluate_np1"] = r["evaluate_np2"] = {"skipped": f"--evaluate-max {args.evaluate_max:,}"}
+    else:
+        r["evaluate_np1"] = evaluate(n, work / f"run_{n}_np1", work, 1)
+        r["evaluate_np2"] = evaluate(n, work / f"run_{n}_np1", work, 2) if eval_nproc else {"skipped": "dsrsd evaluate has no --nproc"}
     import torch
 
     r["cuda"] = cuda_throughput(data) if torch.cuda.is_available() else {"skipped": "no CUDA device"}
@@ -382,6 +391,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the zips, prepared folders and runs (a rerun reuses the first two)")
     parser.add_argument("--redo-prepare", action="store_true", help="measure prepare again even if a kept prepared folder exists")
     parser.add_argument("--train-timeout", type=float, default=1800, help="seconds before a train command is killed")
+    parser.add_argument("--evaluate-max", type=int, help="evaluate only sizes up to this many learners (evaluate's "
+                        "answers/s hardly depends on N, and the full test split takes long on a CPU)")
     parser.add_argument("--json", dest="json_out", help="also write every figure to this JSON file")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] + ([FULL_KT1] if args.full and str(FULL_KT1) not in args.sizes.split(",") else [])

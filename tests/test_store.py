@@ -237,3 +237,52 @@ def test_refresh_arrays_on_the_command_line(fake, tmp_path):
     write_prepared(oulad, "oulad", oulad_tables(n_students=20, seed=1))
     res = subprocess.run([*cli, str(oulad)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "has no training arrays" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_hours_of_grouped_rows_take_the_fast_path_with_the_same_values():
+    """Rows grouped by learner without null timestamps skip pandas; the hours are the same."""
+    import pandas as pd
+
+    from dsrsd_cli.data.ednet_row_arrays import hours_since_first
+
+    rng = np.random.default_rng(3)
+    codes = np.repeat(np.arange(50), rng.integers(1, 40, 50))
+    ms = 1_500_000_000_000 + np.cumsum(rng.integers(0, 10**8, len(codes)))       # in time order, as prepared
+    series = pd.Series(ms.astype(np.float64))
+    expected = ((series - series.groupby(codes).transform("min")) / 3.6e6).clip(lower=0).to_numpy(np.float32)
+    got = hours_since_first(pa.chunked_array([pa.array(ms, pa.int64())]), codes)
+    assert got.dtype == np.float32 and np.array_equal(got, expected)
+    assert (got[np.flatnonzero(np.diff(codes, prepend=-1))] == 0).all()     # each learner's first answer: hour 0
+
+
+def _mapped_kb(file: Path) -> int:
+    """Resident kB of this process's mappings of `file` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isdigit() or line[:1] in "abcdef" and "-" in line.split(" ")[0]:
+            inside = line.rstrip().endswith(str(file))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_reading_a_split_keeps_the_mapped_pages_bounded(real, monkeypatch):
+    """A pass over a split releases the pages it read (they stay in the OS cache): the
+    process's resident share of the mapped arrays does not grow with the split."""
+    from dsrsd_cli.data import ednet_windows
+
+    store = open_store(open_prepared(real))
+    file = (real / STORE_DIR / "num.npy").resolve()
+    int(np.asarray(store.columns["num"]).sum())                     # touch every page
+    assert _mapped_kb(file) > 0
+    store.release_pages()
+    assert _mapped_kb(file) == 0
+
+    monkeypatch.setattr(ednet_windows, "RELEASE_EVERY", 2)
+    dataset = make_dataset(open_prepared(real), "all", CFG.model_copy(update={"max_len": 14}))
+    released = []
+    monkeypatch.setattr(type(dataset.store), "release_pages", lambda self: released.append(1))
+    for i in range(10):
+        collate([dataset[i]])                                        # reads the window's rows
+    assert len(released) == 5                                        # every RELEASE_EVERY windows read

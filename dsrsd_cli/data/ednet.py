@@ -79,6 +79,7 @@ from dsrsd_cli.data.ednet_workers import Runner
 from dsrsd_cli.data.schema import EDNET_INTERACTIONS, EDNET_SPLITS, SCHEMA_VERSION
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.io import atomic_dir, write_json
+from dsrsd_cli.memory import trim_heap
 
 _LEVEL_DIR = re.compile(r"^(?:ednet[-_])?kt([1-4])$", re.IGNORECASE)
 # Dictionary-encode only the low-cardinality columns and keep statistics for the sort keys:
@@ -251,6 +252,8 @@ def _write_interactions(results: Iterable[dict], path: Path, drops: Drops, progr
             totals.skipped.update(result["skipped"])
             totals.merge.update(result["merge"])
             drops.merge(result["drops"])
+            del result, table
+            trim_heap()   # the batch's buffers, freed, go back to the OS (dsrsd_cli/memory.py)
             if progress:
                 progress(min(done * batch_size, total), total)
     return totals

@@ -121,6 +121,12 @@ def ednet_windows(
     return windows[np.argsort(windows[:, 1], kind="stable")]
 
 
+# Windows between releases of the mapped pages read. Each page fault maps up to 16 cached
+# neighbours too (the kernel's fault-around), so a window can hold ~64 kB per column: 256
+# windows keep it near 16 MB a column.
+RELEASE_EVERY = 256
+
+
 class EdnetWindows(Dataset):
     """Windows of learner histories over the folder's mapped arrays (data/ednet_store.py);
     each item is an `Example` of array views [context_start:end)."""
@@ -129,6 +135,7 @@ class EdnetWindows(Dataset):
         self.store = store                # flat arrays, one row per interaction, grouped by learner
         self.windows = windows            # (n, 3) context_start, target_start, end (flat rows)
         self.window_user = window_user    # (n,) learner index into store.users
+        self.served = 0                   # items read in this process (page release cadence)
 
     @property
     def arrays(self) -> dict[str, np.ndarray]:
@@ -142,6 +149,9 @@ class EdnetWindows(Dataset):
         return len(self.windows)
 
     def __getitem__(self, i: int) -> Example:
+        self.served += 1
+        if self.served % RELEASE_EVERY == 0:   # bounded RSS over a pass (Store.release_pages)
+            self.store.release_pages()
         ctx, start, end = self.windows[i].tolist()
         return Example(
             dataset="ednet",
@@ -181,6 +191,7 @@ def ednet_dataset(prepared: Prepared, split: str, data_cfg: DataConfig) -> Ednet
     lo = store.start[chosen]
     windows = ednet_windows(lo, lo + store.length[chosen], store.bundle_starts, max_len=data_cfg.max_len, context=data_cfg.context)
     window_user = chosen[np.searchsorted(lo, windows[:, 1], side="right") - 1] if len(windows) else np.zeros(0, np.int64)
+    store.release_pages()   # the searches above touched pages all over bundle_starts
     return EdnetWindows(store, windows, window_user)
 # ---------------------------------------------------------------- collation
 

@@ -28,6 +28,7 @@ from dsrsd_cli.data.ednet_batch import parse_batch
 from dsrsd_cli.data.ednet_contents import Contents
 from dsrsd_cli.data.ednet_row_arrays import RowRules, chunk_arrays
 from dsrsd_cli.errors import WorkFailed
+from dsrsd_cli.memory import trim_heap
 
 _CACHE: dict = {}  # per process: the contents and the open reader of the current run
 
@@ -44,13 +45,16 @@ def _work(task: tuple) -> dict:
         _CACHE["rules"] = _row_rules(contents, Path(contents_dir))
     result = parse_batch(learners, _CACHE["contents"], _CACHE["reader"], strict=strict, display=display)
     result["arrays"] = _training_arrays(result, _CACHE["rules"])
+    trim_heap()   # the parse's temporaries, freed, go back to the OS (dsrsd_cli/memory.py)
     return result
 
 
 def _row_rules(contents: Contents, folder: Path) -> RowRules:
     high = {"question": contents.questions.num_rows, "bundle": contents.n_bundles, "tag": contents.n_tags,
             "source": 127}   # sources are batch-local here; the main process maps them (SourceVocab)
-    return RowRules.from_tables(folder / "interactions.parquet", contents.questions, contents.lectures, high)
+    # a row's tags are its question's (ednet_interactions): a gather of the (Q + 1, K) table
+    return RowRules.from_tables(folder / "interactions.parquet", contents.questions, contents.lectures, high,
+                                question_tags=contents.q_tags)
 
 
 def _training_arrays(result: dict, rules: RowRules) -> tuple:

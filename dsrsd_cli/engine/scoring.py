@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from dsrsd_cli.data.schema import OULAD_RESULTS
+from dsrsd_cli.memory import trim_heap
 from dsrsd_cli.types import Batch, DataSpec
 
 # ---------------------------------------------------------------- predictions
@@ -137,6 +138,8 @@ def score_batches(
         for batch in loader:
             with torch.inference_mode():
                 chunk = _score_batch(model, batch.to(device), transform=transform, n_outputs=n_outputs, keys=keys, on_output=on_output)
+            del batch
+            trim_heap()   # the batch's activations, freed, go back to the OS (dsrsd_cli/memory.py)
             yield chunk
     finally:
         model.train(was_training)

@@ -44,6 +44,7 @@ from dsrsd_cli.engine.runs import (
 from dsrsd_cli.engine.scoring import class_names
 from dsrsd_cli.errors import BadInput, WorkFailed
 from dsrsd_cli.io import to_jsonable, write_json
+from dsrsd_cli.memory import trim_heap
 from dsrsd_cli.model import losses
 from dsrsd_cli.model.diagnostics import MechanismProbe
 from dsrsd_cli.model.registry import build_model, model_kind
@@ -237,6 +238,7 @@ class Trainer:
             sums[name] = sums.get(name, 0.0) + float(value)
         where.step_in_epoch += 1
         where.global_step += 1
+        trim_heap()   # this step's activations, freed, go back to the OS (dsrsd_cli/memory.py)
         if not self.first_step_logged:   # once per process (benchmarks watch log.txt for it)
             self.first_step_logged = True
             self.log(f"first step done: {seconds_since_process_start(self.entered):.1f} s after the process started")

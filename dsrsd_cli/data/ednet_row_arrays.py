@@ -71,8 +71,7 @@ class RowRules:
     @classmethod
     def from_tables(cls, file: Path, questions: pa.Table, lectures: pa.Table, high: dict[str, int],
                     question_tags: pa.ListArray | None = None) -> "RowRules":
-        longest = pc.max(pc.list_value_length(questions["tags"])).as_py() if questions.num_rows else 0
-        width = int(min(max(longest or 0, 1), MAX_TAGS))
+        width = tag_width(questions["tags"])
         index = pc.fill_null(lectures["lecture"], 0).to_numpy().astype(np.int64)
         size = int(index.max(initial=0)) + 1
         part_of = np.zeros(size, dtype=np.int8)
@@ -90,8 +89,12 @@ class RowRules:
 
 
 def ednet_tag_width(prepared: Prepared) -> int:
+    """K of a prepared folder (questions.parquet)."""
+    return tag_width(read_table(prepared, "questions.parquet", ["tags"])["tags"])
+
+
+def tag_width(tags: pa.ChunkedArray) -> int:
     """K: the most tags any question has, capped at MAX_TAGS (at least 1)."""
-    tags = read_table(prepared, "questions.parquet", ["tags"])["tags"]
     longest = pc.max(pc.list_value_length(tags)).as_py() if len(tags) else 0
     return int(min(max(longest or 0, 1), MAX_TAGS))
 

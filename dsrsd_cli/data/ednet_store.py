@@ -41,7 +41,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from dsrsd_cli.data import schema
-from dsrsd_cli.data.ednet_row_arrays import RowRules, chunk_arrays, custom_arrays, learner_codes
+from dsrsd_cli.data.ednet_row_arrays import RowRules, chunk_arrays, custom_arrays
 from dsrsd_cli.data.prepared import Prepared, rerun_prepare
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.io import write_json
@@ -287,6 +287,8 @@ def _write(prepared: Prepared, chunks) -> dict:
             names, user_code, arrays = chunk_arrays(rules, table)
             arrays.update(custom_arrays(prepared, list(names), user_code, arrays["position"]))
             writer.add(names, user_code, arrays)
+            if not writer.grouped:      # learners interleaved or out of position order
+                raise _NotGrouped
     except BaseException:
         writer.abort()
         raise
@@ -298,9 +300,9 @@ def _columns() -> list[str]:
 
 
 def _grouped_chunks(prepared: Prepared):
-    """interactions.parquet as tables of whole learners (about CHUNK_ROWS rows each)."""
+    """interactions.parquet as tables of whole learners (about CHUNK_ROWS rows each) when its
+    learners are contiguous (StoreWriter.add checks it)."""
     parquet = pq.ParquetFile(prepared.file("interactions.parquet"))
-    seen: set[str] = set()
     carry: pa.Table | None = None
     for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=_columns()):
         table = pa.Table.from_batches([batch]) if carry is None else pa.concat_tables([carry, pa.Table.from_batches([batch])])
@@ -311,21 +313,10 @@ def _grouped_chunks(prepared: Prepared):
         if tail_start == 0:
             carry = table
             continue
-        yield _check_grouped(table.slice(0, tail_start), seen)
+        yield table.slice(0, tail_start)
         carry = table.slice(tail_start)
     if carry is not None and carry.num_rows:
-        yield _check_grouped(carry, seen)
-
-
-def _check_grouped(table: pa.Table, seen: set[str]) -> pa.Table:
-    codes, names = learner_codes(table["user"])
-    runs = np.count_nonzero(np.diff(codes) != 0) + 1 if len(codes) else 0
-    position = pc.fill_null(table["position"], -1).to_numpy()
-    same = codes[1:] == codes[:-1]
-    if runs != len(names) or seen.intersection(names) or (same & (position[1:] < position[:-1])).any():
-        raise _NotGrouped
-    seen.update(names)
-    return table
+        yield carry
 
 
 def _sorted_in_memory(prepared: Prepared):

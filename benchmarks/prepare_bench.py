@@ -90,6 +90,29 @@ def write_kt1_zip(path: Path, n_learners: int, *, seed: int = 0, chunk: int = 20
     return total
 
 
+def write_kt4_zip(path: Path, n_learners: int, *, seed: int = 0) -> int:
+    """A zip laid out like EdNet-KT4 + contents, of n_learners action logs; returns the number of
+    actions written. Each learner is one of the real KT4 extract's learners (tests/fixtures),
+    drawn at random, its timestamps shifted by a random offset: real action mixes (enter,
+    respond, submit, erase_choice, lectures, purchases) at any size."""
+    rng = np.random.default_rng(seed)
+    logs = [f.read_bytes() for f in sorted((FIXTURES / "KT4").glob("u*.csv"))]
+    header = logs[0].split(b"\n", 1)[0] + b"\n"
+    tables = [pacsv.read_csv(io.BytesIO(log), convert_options=pacsv.ConvertOptions(strings_can_be_null=True)) for log in logs]
+    total = 0
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.write(FIXTURES / "questions.csv", "contents/questions.csv")
+        zf.write(FIXTURES / "lectures.csv", "contents/lectures.csv")
+        for i, k in enumerate(rng.integers(len(tables), size=n_learners)):
+            table = tables[k]
+            shifted = table.set_column(0, "timestamp", pa.array(table["timestamp"].to_numpy() + int(rng.integers(0, 10**10))))
+            buf = io.BytesIO()
+            pacsv.write_csv(shifted, buf, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+            zf.writestr(f"KT4/u{i + 1}.csv", header + buf.getvalue())
+            total += table.num_rows
+    return total
+
+
 def _tree(pid: int) -> tuple[int, int, dict[int, float]]:
     """(RSS, PSS) in bytes of a process and all its descendants, and the CPU seconds used
     so far by each of them, from /proc. RSS counts the pages that the forked workers share

@@ -3,6 +3,7 @@
     python benchmarks/scale_bench.py                                 # N = 100,000 and 200,000
     python benchmarks/scale_bench.py --full --work /data/sb --keep   # also N = 784,309 (the whole KT1)
     python benchmarks/scale_bench.py --sizes 2000 --work /tmp/sb --keep --json sb.json   # a quick check
+    python benchmarks/scale_bench.py --sizes "" --kt4 10000                 # KT4: prepare alone
 
 For each N, in --work (default a temp folder; the command outputs go to WORK/logs/). Without
 --keep a size's zip, prepared folder and runs are removed once it is done; with --keep a rerun
@@ -20,6 +21,9 @@ dsrsd_cli/data/*.py is unchanged (--redo-prepare measures it again):
   evaluate   `dsrsd evaluate RUN --no-robustness` on test, on the CPU (CUDA hidden), with 1
              process and, if `dsrsd evaluate --help` lists --nproc, with 2: answers/s from
              the n of RUN/eval/test.json;
+  kt4        with --kt4 N: a KT4-format zip of N learners (each a real learner of the KT4
+             extract in tests/fixtures, time-shifted; ~2,150 actions each) and its prepare alone:
+             actions/s (manifest rows_in / wall seconds) and peak RSS, same targets per action;
   cuda       only when torch.cuda.is_available(): default preset, bf16 (cfg.train.bf16), in
              this process with dsrsd_cli's loader and model: answers/s over 50 steps after 10
              warm-up steps (batches loaded inline, as `dsrsd train` does) and the projected
@@ -52,7 +56,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prepare_bench import _tree, write_kt1_zip  # noqa: E402
+from prepare_bench import _tree, write_kt1_zip, write_kt4_zip  # noqa: E402
 
 FULL_KT1 = 784_309
 MB = 2**20
@@ -274,6 +278,22 @@ def cuda_throughput(data: Path, *, warmup: int = 10, steps: int = 50, device: st
             "batches_per_epoch": len(loader), "epoch_s": len(loader) * seconds / timed}
 
 
+def bench_kt4(n: int, work: Path) -> dict:
+    """Prepare of a generated KT4 zip of n learners: actions/s and memory (no training)."""
+    path, out = work / f"kt4_{n}.zip", work / f"prepared_kt4_{n}"
+    start = time.perf_counter()
+    actions = write_kt4_zip(path, n, seed=0)
+    generated = time.perf_counter() - start
+    cmd = [*DSRSD, "prepare", "--dataset", "ednet", "--raw", str(path), "--out", str(out), "--force", "--workers", "2"]
+    r = run_command(cmd, work / "logs" / f"prepare_kt4_{n}.txt")
+    r.update(learners=n, generate_s=generated, zip_mb=path.stat().st_size / MB, actions_written=actions)
+    if r["returncode"] == 0:
+        manifest = json.loads((out / "manifest.json").read_text())
+        r["actions"], r["answers"] = manifest["rows_in"], manifest["rows_out"]
+        r["actions_per_s"] = r["actions"] / r["seconds"]
+    return r
+
+
 def bench_size(n: int, work: Path, args, eval_nproc: bool) -> dict:
     r = {"learners": n}
     zip_path, r["generate"] = ensure_zip(n, work)
@@ -331,11 +351,25 @@ def _verdict(value, ok) -> str:
     return "n/a" if value is None else ("met" if ok(value) else "MISSED")
 
 
-def targets(results: list[dict]) -> list[dict]:
+def print_kt4(r: dict) -> None:
+    print(f"KT4, N = {r['learners']:,} learners ({r.get('actions', r['actions_written']):,} actions, {r.get('answers', 0):,} answers; "
+          f"zip {r['zip_mb']:.0f} MB, generated in {r['generate_s']:.0f} s): prepare {r['seconds']:.1f} s, "
+          f"{_f(r.get('actions_per_s'))} actions/s, peak tree RSS {r['peak_tree_rss_mb']:.0f} MB "
+          f"(max process {r['peak_process_rss_mb']:.0f} MB), tree CPU {r['tree_cpu_s']:.1f} s, load {r['load_1m']:.1f}"
+          + ("" if r["returncode"] == 0 else f", exit {r['returncode']}"))
+
+
+def targets(results: list[dict], kt4: dict | None = None) -> list[dict]:
     rows = []
 
     def add(name, value, unit, ok):
         rows.append({"target": name, "value": value, "unit": unit, "verdict": _verdict(value, ok)})
+
+    if kt4 is not None:
+        add(f"prepare >= 1,000,000 actions/s, KT4 N={kt4['learners']:,}", kt4.get("actions_per_s"), "actions/s", lambda v: v >= 1e6)
+        add(f"prepare peak tree RSS < 1 GB, KT4 N={kt4['learners']:,}", kt4.get("peak_tree_rss_mb"), "MB", lambda v: v < 1024)
+    if not results:
+        return rows
 
     for r in results:
         n, p = r["learners"], r["prepare"]
@@ -370,7 +404,7 @@ def check_disk(sizes: list[int], work: Path, keep: bool) -> None:
     """Without --keep each size's files are removed before the next size: the largest counts."""
     need = [n * (ZIP_BYTES_PER_LEARNER * (not (work / f"kt1_{n}.zip").exists())
                  + PREPARED_BYTES_PER_LEARNER * (not (work / f"prepared_{n}").exists())) for n in sizes]
-    need, free = (sum(need) if keep else max(need)) + 200 * MB, shutil.disk_usage(work).free   # + run folders
+    need, free = (sum(need) if keep else max(need, default=0)) + 200 * MB, shutil.disk_usage(work).free   # + run folders
     print(f"disk: ~{need / 2**30:.1f} GB needed in {work} (zips, prepared folders, runs), {free / 2**30:.0f} GB free", flush=True)
     if need > free:
         raise SystemExit("not enough free disk; choose another --work or fewer --sizes")
@@ -393,9 +427,10 @@ def main() -> None:
     parser.add_argument("--train-timeout", type=float, default=1800, help="seconds before a train command is killed")
     parser.add_argument("--evaluate-max", type=int, help="evaluate only sizes up to this many learners (evaluate's "
                         "answers/s hardly depends on N, and the full test split takes long on a CPU)")
+    parser.add_argument("--kt4", type=int, help="also prepare a generated KT4 zip of this many learners (~2,150 actions each)")
     parser.add_argument("--json", dest="json_out", help="also write every figure to this JSON file")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")] + ([FULL_KT1] if args.full and str(FULL_KT1) not in args.sizes.split(",") else [])
+    sizes = [int(s) for s in args.sizes.split(",") if s] + ([FULL_KT1] if args.full and str(FULL_KT1) not in args.sizes.split(",") else [])
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="dsrsd-scale-"))
     (work / "logs").mkdir(parents=True, exist_ok=True)
     check_disk(sizes, work, args.keep)
@@ -411,12 +446,21 @@ def main() -> None:
             if not args.keep:
                 remove_size(n, work)
         print_size(results[-1])
+    kt4 = None
+    if args.kt4:
+        try:
+            kt4 = bench_kt4(args.kt4, work)
+        finally:
+            if not args.keep:
+                (work / f"kt4_{args.kt4}.zip").unlink(missing_ok=True)
+                shutil.rmtree(work / f"prepared_kt4_{args.kt4}", ignore_errors=True)
+        print_kt4(kt4)
     if not args.keep and not args.work:
         shutil.rmtree(work, ignore_errors=True)
-    rows = targets(results)
+    rows = targets(results, kt4)
     print_targets(rows)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"sizes": results, "targets": rows}, indent=2) + "\n")
+        Path(args.json_out).write_text(json.dumps({"sizes": results, "kt4": kt4, "targets": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 Prepares the built-in EdNet sample (small), takes the first warm-up + timed batches of the
 train loader once (seeded, so every model sees the same ones), and for each model runs
 training steps exactly like `dsrsd train` (forward, task loss + auxiliary losses, backward,
-clipping, AdamW). Each model runs in its own subprocess so that its peak memory is its own.
+clipping, AdamW). Each model runs in its own subprocess so that its peak memory is its own,
+and the models take turns for --rounds rounds (a, b, c, a, b, c, ...), so that a slow spell
+of this shared machine falls on every model alike.
 
-  rows/s     scored positions per second: median over the timed steps of rows / step time
+  rows/s     scored positions per second: median over every round's timed steps of rows / step time
   peak MiB   CPU: peak resident memory during the steps minus the resident memory before
              the model was built (Linux VmHWM, reset through /proc/self/clear_refs);
              CUDA: torch.cuda.max_memory_allocated
@@ -97,6 +99,7 @@ def run_one(args) -> dict:
     return {
         "model": args.one,
         "rows_per_s": statistics.median(rates),
+        "rates": rates,
         "peak_mib": None if peak is None else peak / 2**20,
         "parameters": sum(p.numel() for p in model.parameters()),
         "rows_per_step": statistics.mean(int(b.mask.sum()) for b in batches[args.warmup:]),
@@ -108,6 +111,7 @@ def main() -> None:
     parser.add_argument("--learners", type=int, default=300, help="learners in the built-in EdNet sample")
     parser.add_argument("--preset", default="default", help="model sizes come from this preset")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="turns each model takes (its medians pool every round)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per model")
     parser.add_argument("--device", default="cpu")
@@ -138,16 +142,27 @@ def main() -> None:
             prepare_dataset(dataset="ednet", raw=None, out=Path(args.data), sample_size=args.learners, seed=0, workers=1)
         cfg = load_config(args.preset, [f'data.path="{args.data}"'])
         names = args.models.split(",") if args.models else model_names(make_spec(open_prepared(args.data), cfg.data), kind="neural")
-        results = []
-        for name in names:
-            cmd = [sys.executable, __file__, "--one", name, "--data", args.data, "--preset", args.preset, "--batch-size", str(args.batch_size),
-                   "--warmup", str(args.warmup), "--steps", str(args.steps), "--device", args.device, "--threads", str(args.threads)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                console.print(f"[red]{name} failed[/red]: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
-                continue
-            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            console.print(f"  {name}: {results[-1]['rows_per_s']:,.0f} rows/s")
+        by_model: dict[str, dict] = {}
+        for round_ in range(args.rounds):
+            for name in names:
+                cmd = [sys.executable, __file__, "--one", name, "--data", args.data, "--preset", args.preset,
+                       "--batch-size", str(args.batch_size), "--warmup", str(args.warmup), "--steps", str(args.steps),
+                       "--device", args.device, "--threads", str(args.threads)]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode != 0:
+                    console.print(f"[red]{name} failed[/red]: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+                    continue
+                one = json.loads(done.stdout.strip().splitlines()[-1])
+                console.print(f"  round {round_ + 1}, {name}: {one['rows_per_s']:,.0f} rows/s")
+                if name in by_model:   # pool the rounds: every timed step, the largest peak
+                    kept = by_model[name]
+                    kept["rates"] += one["rates"]
+                    kept["rows_per_s"] = statistics.median(kept["rates"])
+                    if one["peak_mib"] is not None and kept["peak_mib"] is not None:
+                        kept["peak_mib"] = max(kept["peak_mib"], one["peak_mib"])
+                else:
+                    by_model[name] = one
+        results = list(by_model.values())
 
     table = Table(title=f"Training throughput, {args.device}, batch {args.batch_size}, preset {args.preset} sizes")
     for column in ("model", "rows/s", "peak MiB", "parameters"):

@@ -210,16 +210,18 @@ def tune(
     data: Annotated[Optional[Path], typer.Option(help="Prepared data folder (overrides data.path).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the TPE sampler (train.seed comes from the preset).")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the study summary as JSON on stdout.")] = False,
+    into: Annotated[Optional[Path], typer.Option(help="Also put the best values into this preset file as its [tuned.<model>] table "
+                                                      "(created from --preset if missing); compare applies them to this model only.")] = None,
 ) -> None:
     """Hyperparameter search with Optuna (TPE, median pruning) on validation AUC; writes OUT/best.toml.
 
-    Example: [bold]dsrsd tune --model dsrsd --trials 30 --preset default[/bold]
+    Example: [bold]dsrsd tune --model dsrsd --trials 30 --preset default --into tuned.toml[/bold]
     """
     from dsrsd_cli.engine.tune import tune_from_cli
 
     tune_from_cli(
         model=model, trials=trials, preset=preset, out=out, overrides=list(set_ or []), data=data, seed=seed,
-        json_out=json_out, console=console,
+        json_out=json_out, console=console, into=into,
     )
 
 

@@ -121,14 +121,17 @@ RESULT_FREE_KEYS = frozenset({"preset", "data.path", "data.num_workers", "train.
                               "train.log"})
 
 
+def flat_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 0.1}} -> {"train.lr": 0.1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat_dict(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def flat_keys(cfg: RunConfig) -> dict[str, Any]:
     """Every setting of `cfg` as "section.key" -> value."""
-    def flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-    return flat(cfg.model_dump(), "")
+    return flat_dict(cfg.model_dump())
 
 
 def result_settings(cfg: RunConfig) -> dict[str, Any]:
@@ -141,21 +144,27 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
-def _read_preset(preset: str) -> dict[str, Any]:
+def _preset_text(preset: str) -> tuple[str, str]:
+    """(TOML text, where it came from) of a preset name or a .toml path."""
     path = Path(preset)
     if path.suffix == ".toml" and path.exists():
-        text = path.read_text(encoding="utf-8")
-        where = str(path)
-    else:
-        res = resources.files("dsrsd_cli") / "presets" / f"{preset}.toml"
-        if not res.is_file():
-            raise BadInput(f"unknown preset {preset!r}; choose one of {', '.join(preset_names())} or give a path to a .toml file")
-        text = res.read_text(encoding="utf-8")
-        where = f"preset {preset}"
+        return path.read_text(encoding="utf-8"), str(path)
+    res = resources.files("dsrsd_cli") / "presets" / f"{preset}.toml"
+    if not res.is_file():
+        raise BadInput(f"unknown preset {preset!r}; choose one of {', '.join(preset_names())} or give a path to a .toml file")
+    return res.read_text(encoding="utf-8"), f"preset {preset}"
+
+
+def _parse_preset(text: str, where: str) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise BadInput(f"{where}: invalid TOML ({e})") from None
+
+
+def _read_preset(preset: str) -> dict[str, Any]:
+    raw = _parse_preset(*_preset_text(preset))
+    path = Path(preset)
     raw.setdefault("preset", path.stem if path.suffix == ".toml" else preset)
     return raw
 
@@ -230,9 +239,96 @@ def validate_config(raw: dict[str, Any], where: str = "config") -> RunConfig:
         raise BadInput(f"{where}: {key} = {err.get('input')!r} is invalid: {err['msg']}") from None
 
 
+# ---------------------------------------------------------------- per-model tuned values
+#
+# A preset may end with tables of values tuned for one model each, written by
+# `dsrsd tune --into PRESET.toml` (or by hand):
+#
+#     [tuned.early.train]
+#     lr = 0.0031
+#     [tuned."single:item".model]
+#     dropout = 0.2
+#
+# They apply to a run of that model only, on top of the preset's sections and under the
+# --set overrides; a variant without a table of its own takes its family's ("dsrsd:no-align",
+# DSRSD-Net with one part removed, takes [tuned.dsrsd]), so `dsrsd compare --preset P --models a,b` trains every model with its own
+# tuned values and the same data, seeds and budget. What every model of a comparison must
+# share cannot be tuned per model: the data section and the keys below.
+
+TUNED = "tuned"
+TUNED_NOTE = "note"
+TUNED_MARKER = "# ---- values tuned per model: `dsrsd tune --into` rewrites everything below this line ----"
+SHARED_BY_ALL = ("model.name", "train.seed", "train.epochs", "train.max_steps_per_epoch", "train.patience")
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """base with extra's values put in (nested sections merged key by key); base is not changed."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
+    return out
+
+
+def _tuned_tables(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """Pops and checks the preset's [tuned.<model>] tables: model name -> nested sections."""
+    tuned = raw.pop(TUNED, {})
+    if not isinstance(tuned, dict) or not all(isinstance(v, dict) for v in tuned.values()):
+        raise BadInput(f"{where}: [{TUNED}] must hold one table per model, e.g. [{TUNED}.early.train] with lr = 0.003")
+    for model, values in tuned.items():
+        values.pop(TUNED_NOTE, None)   # where the values came from (a string), for the reader only
+        for key in flat_dict(values):
+            if key.startswith("data.") or key in SHARED_BY_ALL:
+                raise BadInput(f"{where}: [{TUNED}.{model}] sets {key}, which every model of a comparison shares; "
+                               f"move it to the preset's own [{key.split('.')[0]}] section")
+        validate_config(_merge(raw, values), where=f"{where} [{TUNED}.{model}]")
+    return tuned
+
+
+def tuned_models(preset: str) -> list[str]:
+    """The models a preset holds tuned values for (to check their names against the registry)."""
+    return list(_tuned_tables(_read_preset(preset), where=f"preset {preset}"))
+
+
+def write_tuned(path: Path, *, model: str, values: dict[str, Any], note: str, base_preset: str) -> None:
+    """Puts `values` ("section.key" -> value) into the preset file `path` as its [tuned.<model>]
+    table, replacing that model's earlier one (other models' stay), atomically. A file that does
+    not exist yet starts as a copy of `base_preset`. The text above the tuned tables (its
+    comments included) is kept; the tuned tables are rewritten, sorted by model."""
+    from dsrsd_cli.io import atomic_write_text, dumps_toml
+
+    path = Path(path)
+    if path.suffix != ".toml":
+        raise BadInput(f"--into {path}: give a .toml file (a preset to hold the tuned values)")
+    text, where = (path.read_text(encoding="utf-8"), str(path)) if path.exists() else _preset_text(base_preset)
+    tuned = _parse_preset(text, where).get(TUNED, {})
+    lines = text.splitlines()
+    cut = next((i for i, line in enumerate(lines) if line.strip() == TUNED_MARKER or line.lstrip().startswith(f"[{TUNED}.")),
+               len(lines))
+    nested: dict[str, Any] = {TUNED_NOTE: note}
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        nested.setdefault(section, {})[name] = value
+    tuned = {**{m: v for m, v in tuned.items() if m != model}, model: nested}
+    head = "\n".join(lines[:cut]).rstrip()
+    new = f"{head}\n\n{TUNED_MARKER}\n" + dumps_toml({TUNED: dict(sorted(tuned.items()))})
+    raw = _parse_preset(new, str(path))
+    _tuned_tables(raw, str(path))                  # refuse (before writing) what load_config would refuse
+    atomic_write_text(path, new)
+
+
 def load_config(preset: str = "default", overrides: list[str] | None = None) -> RunConfig:
-    raw = apply_overrides(_read_preset(preset), list(overrides or []))
-    return validate_config(raw, where=f"preset {preset}")
+    """The preset, then its tuned values for the model this run trains (model.name after the
+    overrides), then the --set overrides; validated."""
+    where = f"preset {preset}"
+    overrides = list(overrides or [])
+    raw = _read_preset(preset)
+    tuned = _tuned_tables(raw, where)
+    model = apply_overrides(copy.deepcopy(raw), overrides).get("model", {}).get("name", ModelConfig().name)
+    family = model.partition(":")[0]         # dsrsd:no-align, an ablation, is DSRSD-Net with one part removed
+    values = tuned.get(model, tuned.get(family))
+    if values is not None:
+        raw = _merge(raw, values)
+    return validate_config(apply_overrides(raw, overrides), where=where)
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:

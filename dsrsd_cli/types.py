@@ -95,10 +95,11 @@ class Batch:
 class ModelOutput(NamedTuple):
     """What every model's forward returns. No state lives on module attributes.
 
-    logits: EdNet (B, T); OULAD (B,) for binary targets or (B, C) for result4.
+    logits: EdNet (B, T); OULAD (B,) for binary targets or (B, C) for result4. Only the
+         scored positions (batch.mask) are defined; a model may leave 0 elsewhere.
     aux: "losses" -> dict of UNWEIGHTED auxiliary loss scalars (the engine weights them
-         with the loss config); "gates" -> (..., n_streams) gate weights where the fusion
-         has gates, with "gate_names" naming the streams; "shared"/"private" -> dict
+         with the loss config); "gates" -> (n_scored, n_streams) gate weights of the scored
+         units in batch.mask order where the fusion has gates, with "gate_names" naming the streams; "shared"/"private" -> dict
          modality -> (N, k) embeddings of the sampled aux rows (for explain/analysis).
     """
 

@@ -171,3 +171,105 @@ def test_a_moved_key_is_bad_input_naming_its_new_place(old, new, value):
         load_config("smoke", [f"{old}={json.dumps(value)}"])
     section, key = new.split(".")
     assert getattr(getattr(load_config("smoke", [f"{new}={json.dumps(value)}"]), section), key) == value
+
+
+# ---------------------------------------------------------------- per-model tuned values
+
+TUNED_PRESET = """# my comments stay
+[data]
+dataset = "oulad"
+path = "data/oulad"
+
+[train]
+lr = 0.002
+epochs = 3
+
+[tuned.early]
+note = "by hand"
+
+[tuned.early.train]
+lr = 0.004
+
+[tuned.early.model]
+dropout = 0.25
+
+[tuned."single:clicks".train]
+lr = 0.001
+"""
+
+
+def test_tuned_values_apply_to_their_model_only_and_set_wins(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text(TUNED_PRESET)
+    early = load_config(str(preset), ['model.name="early"'])
+    assert (early.train.lr, early.model.dropout, early.train.epochs) == (0.004, 0.25, 3)
+    assert load_config(str(preset), ['model.name="single:clicks"']).train.lr == 0.001
+    assert load_config(str(preset), ['model.name="early:x"']).train.lr == 0.004           # a variant: its family's
+    late = load_config(str(preset), ['model.name="late"'])
+    assert (late.train.lr, late.model.dropout) == (0.002, 0.1)                       # the preset's own values
+    assert load_config(str(preset), ['model.name="early"', "train.lr=0.1"]).train.lr == 0.1   # --set wins
+    assert load_config(str(preset)).model.name == "dsrsd" and load_config(str(preset)).train.lr == 0.002
+
+
+@pytest.mark.parametrize("table, needle", [
+    ('[tuned.early.data]\nmax_weeks = 30\n', "sets data.max_weeks, which every model of a comparison shares"),
+    ('[tuned.early.train]\nepochs = 30\n', "sets train.epochs, which every model"),
+    ('[tuned.early.model]\nname = "late"\n', "sets model.name"),
+    ('[tuned.early.train]\nlrr = 0.1\n', "[tuned.early]: unknown key 'train.lrr'"),
+    ('[tuned]\nearly = 3\n', "[tuned] must hold one table per model"),
+])
+def test_a_bad_tuned_table_is_bad_input_naming_it(tmp_path, table, needle):
+    preset = tmp_path / "p.toml"
+    preset.write_text('[data]\ndataset = "oulad"\n\n' + table)
+    with pytest.raises(BadInput, match=None) as e:
+        load_config(str(preset), ['model.name="late"'])                               # refused whichever model runs
+    assert needle in str(e.value)
+
+
+def test_write_tuned_keeps_the_text_above_and_the_other_models(tmp_path):
+    from dsrsd_cli.config import write_tuned
+
+    preset = tmp_path / "p.toml"
+    preset.write_text(TUNED_PRESET)
+    write_tuned(preset, model="early", values={"train.lr": 0.003, "loss.lambda_align": 0.5}, note="study A", base_preset="oulad")
+    text = preset.read_text()
+    assert text.startswith("# my comments stay\n[data]") and "study A" in text and "[tuned.early.model]" not in text
+    early = load_config(str(preset), ['model.name="early"'])
+    assert (early.train.lr, early.loss.lambda_align, early.model.dropout) == (0.003, 0.5, 0.1)   # replaced, not merged
+    assert load_config(str(preset), ['model.name="single:clicks"']).train.lr == 0.001          # kept
+    write_tuned(preset, model="late", values={"train.lr": 0.005}, note="study B", base_preset="oulad")
+    again = preset.read_text()
+    assert again.startswith("# my comments stay\n[data]") and again.count("# ---- values tuned per model") == 1
+    assert load_config(str(preset), ['model.name="late"']).train.lr == 0.005
+
+    fresh = tmp_path / "new.toml"                          # a new file starts as a copy of the base preset
+    write_tuned(fresh, model="early", values={"train.lr": 0.003}, note="study C", base_preset="oulad")
+    assert load_config(str(fresh), ['model.name="late"']).model_dump() == {**load_config("oulad", ['model.name="late"']).model_dump(),
+                                                                           "preset": "new"}
+    with pytest.raises(BadInput, match="sets train.seed"):
+        write_tuned(fresh, model="early", values={"train.seed": 3}, note="x", base_preset="oulad")
+    assert load_config(str(fresh), ['model.name="early"']).train.lr == 0.003   # a refused write changed nothing
+    with pytest.raises(BadInput, match="give a .toml file"):
+        write_tuned(tmp_path / "p.txt", model="early", values={}, note="x", base_preset="oulad")
+
+
+def test_the_shipped_oulad_preset_holds_tuned_values_for_registered_models():
+    from dsrsd_cli.config import tuned_models
+    from dsrsd_cli.model.registry import check_model
+
+    spec = DataSpec(dataset="oulad", target="at_risk", n_outputs=1, modalities=("demographics", "clicks", "assessments"))
+    models = tuned_models("oulad")
+    assert {"dsrsd", "early", "late", "concat", "coattn", "gbdt"} <= set(models)
+    check_model(spec, models)
+    assert load_config("oulad", ['model.name="concat"']).model.d_model != load_config("oulad", ['model.name="late"']).model.d_model
+
+
+def test_a_plan_refuses_a_tuned_table_for_a_model_the_data_lacks(oulad_sample, tmp_path):
+    from dsrsd_cli.engine.compare import plan_configs
+
+    preset = tmp_path / "p.toml"
+    preset.write_text('[data]\ndataset = "oulad"\ntarget = "at_risk"\n\n[tuned."single:item".train]\nlr = 0.001\n')   # EdNet's
+    with pytest.raises(BadInput, match=r"preset .*p.toml: \[tuned.single:item\] is for a model oulad does not have"):
+        plan_configs(str(preset), models="late", seeds=1, data=oulad_sample)
+    preset.write_text('[data]\ndataset = "oulad"\ntarget = "at_risk"\n\n[tuned.single.train]\nlr = 0.001\n')     # a family
+    assert plan_configs(str(preset), models="single:clicks,late", seeds=1, data=oulad_sample)[0].train.lr == 0.001

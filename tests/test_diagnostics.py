@@ -250,14 +250,6 @@ def test_probe_without_the_keys_is_empty_and_gates_alone_give_gate_keys():
     assert r["gate_entropy"] == pytest.approx(math.log(2))
 
 
-def test_probe_counts_only_the_given_gate_rows():
-    gates = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
-    probe = MechanismProbe(tau=0.1)
-    probe.add({"gates": gates, "gate_names": ["x", "y"]}, gate_rows=torch.tensor([True, False, False]))
-    r = probe.result()
-    assert r["gate_dominant"] == "x" and r["gate_units"] == 1 and r["gate_mean_y"] == 0.0
-
-
 def test_every_key_has_a_meaning():
     z, q, present = _views(13)
     probe = MechanismProbe(tau=0.1)

@@ -83,8 +83,13 @@ def test_forgetting_grows_with_steps_and_hours_and_spares_the_start_slot():
         for rates in (core.decay, core.decay_time):
             for r in rates:
                 r.fill_(0.0)                                                    # softplus(0) = ln 2 for every head
-        steps_only, both = core._forgetting(group, None), core._forgetting(group, hours)
+        everything = torch.ones(1, 6, 7, dtype=torch.bool)                      # (B, T, 1+T) all visible
+        steps_only, both = -core._bias(everything, group, None), -core._bias(everything, group, hours)   # the falls
+        hidden = everything.clone()
+        hidden[0, 2, 4] = False
+        masked = core._bias(hidden, group, hours)
     assert steps_only.shape == (1, 3 * 2, 6, 7)
+    assert bool(torch.isneginf(masked[0, :, 2, 4]).all()) and int(torch.isinf(masked).sum()) == 3 * 2   # every head
     assert float(both[..., 0].abs().max()) == 0.0                               # the start slot never decays
     last = both[0, 0, 5, 1:]                                                    # query: the last step
     assert bool((last[:-1].diff() <= 1e-6).all()) and float(last[0]) > float(last[3]) > 0   # older keys fall further

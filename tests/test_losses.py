@@ -185,6 +185,25 @@ def test_info_nce_leaves_rows_of_the_same_learner_out_of_the_negatives(tau):
     target = torch.arange(N)
     reference = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
     assert torch.allclose(info_nce(z, here, tau, group), reference, rtol=1e-5)
+    fast_grad = torch.autograd.grad(info_nce(z, here, tau, group), list(z.values()))     # the written-out backward
+    slow_grad = torch.autograd.grad(reference, list(z.values()))
+    assert all(torch.allclose(f, s, rtol=1e-4, atol=1e-6) for f, s in zip(fast_grad, slow_grad))
     # one group per row is the plain InfoNCE; one group for all leaves only the positive: loss 0
     assert torch.allclose(info_nce(z, here, tau, torch.arange(N)), info_nce(z, here, tau), rtol=1e-6)
     assert float(info_nce(z, here, tau, torch.zeros(N, dtype=torch.long)).detach()) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_decorrelation_and_orthogonality_of_a_stack_are_each_members_value():
+    g = torch.Generator().manual_seed(7)
+    z, s, p = (torch.randn(3, N, D, generator=g) for _ in range(3))
+    here = torch.rand(3, N, generator=g) < 0.7
+    here[2, 1:] = False                                                   # one row only: defined as 0
+    stacked_dec, stacked_orth = decorrelation(z, here), orthogonality(s, p, here)
+    assert stacked_dec.shape == stacked_orth.shape == (3,)
+    for m in range(3):
+        assert torch.allclose(stacked_dec[m], decorrelation(z[m], here[m]), atol=1e-6)
+        assert torch.allclose(stacked_orth[m], orthogonality(s[m], p[m], here[m]), atol=1e-6)
+    assert float(stacked_dec[2]) == 0.0 and float(stacked_orth[2]) == 0.0
+    # the values are those of the kept rows alone
+    rows = here[0]
+    assert torch.allclose(decorrelation(z[0], rows), decorrelation(z[0][rows], torch.ones(int(rows.sum()), dtype=torch.bool)), atol=1e-6)

@@ -124,7 +124,7 @@ def test_absent_modalities_work_and_give_no_nan(data, name):
         out = model(masked)
         assert finite(out.logits), missing
         if name == "dsrsd":
-            gates = out.aux["gates"]                                              # (N_valid, 1 + M)
+            gates = out.aux["gates"]                                              # (N_scored, 1 + M)
             for m in missing:
                 assert torch.equal(gates[:, 1 + spec.modalities.index(m)], torch.zeros(gates.shape[0]))
             assert torch.allclose(gates.sum(-1), torch.ones(gates.shape[0]))
@@ -141,10 +141,10 @@ def test_absent_modalities_work_and_give_no_nan(data, name):
 def test_dsrsd_gate_weights_of_absent_units_are_exactly_zero(data):
     spec, batch = fake(data)
     out = build(spec, "dsrsd").eval()(batch)
-    gates, valid = out.aux["gates"], batch.valid
+    gates, scored = out.aux["gates"], batch.mask                                  # one gate row per scored unit
     assert out.aux["gate_names"] == ["consensus", *spec.modalities]
     for i, m in enumerate(spec.modalities):
-        absent = ~batch.present[m][valid]
+        absent = ~batch.present[m][scored]
         assert bool(absent.any()) and bool((~absent).any())                       # the fake has both kinds
         assert torch.equal(gates[absent, 1 + i], torch.zeros(int(absent.sum())))
         assert bool((gates[~absent, 1 + i] > 0).all())
@@ -154,7 +154,7 @@ def test_dsrsd_gate_weights_of_absent_units_are_exactly_zero(data):
 def test_dsrsd_private_dropout_closes_private_streams_in_training_only(data):
     spec, batch = fake(data)
     model = build(spec, "dsrsd", dsrsd={"private_dropout": 0.5}, modality_dropout=0.0)
-    present = torch.stack([batch.present[m][batch.valid] for m in spec.modalities], dim=1)   # (N, M)
+    present = torch.stack([batch.present[m][batch.mask] for m in spec.modalities], dim=1)    # (N, M)
     gates = model.train()(batch).aux["gates"]                                                # (N, 1 + M)
     closed = (gates[:, 1:] == 0) & present
     assert 0.3 < closed.sum() / present.sum() < 0.7          # about half of the present private streams
@@ -278,7 +278,7 @@ def test_dsrsd_aux_losses_ignore_padded_and_absent_rows():
     out = model(batch)
     assert out.aux["losses"] == {}                                               # evaluation: nothing reads them
     rows = out.aux["aux_rows"]
-    assert rows.numel() == 24 and bool(batch.valid.reshape(-1)[rows].all())
+    assert rows.numel() == 24 and bool(batch.mask.reshape(-1)[rows].all())      # sampled among the scored units
     for m in spec.modalities:
         assert torch.equal(out.aux["aux_present"][m], batch.present[m].reshape(-1)[rows])
         assert out.aux["shared"][m].shape == (24, SMALL_DSRSD["k_shared"]) == out.aux["private"][m].shape
@@ -305,7 +305,7 @@ def test_dsrsd_aux_losses_ignore_padded_and_absent_rows():
 
     # training samples a random subset, evaluation an evenly spaced one
     train_rows = _seeded(model, batch).aux["aux_rows"]
-    assert train_rows.numel() == 24 and bool(batch.valid.reshape(-1)[train_rows].all())
+    assert train_rows.numel() == 24 and bool(batch.mask.reshape(-1)[train_rows].all())
     assert not torch.equal(train_rows, rows)
 
 

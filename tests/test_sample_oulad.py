@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -289,3 +290,14 @@ def test_bad_arguments_are_one_line_bad_input(tmp_path, kwargs, message):
     with pytest.raises(BadInput, match=re.escape(message)):
         write_oulad_sample(tmp_path / "x", **kwargs)
     assert not (tmp_path / "x").exists()
+
+
+def test_the_manifest_finds_the_ground_truth_from_any_working_directory(tmp_path, monkeypatch):
+    from dsrsd_cli.data.prepare import prepare_dataset
+
+    monkeypatch.chdir(tmp_path)
+    prepare_dataset(dataset="oulad", raw=None, out=Path("data/oulad"), sample_size=60, seed=0)   # a relative --out
+    sample = json.loads((tmp_path / "data/oulad/manifest.json").read_text())["sample"]
+    monkeypatch.chdir("/")
+    assert Path(sample["ground_truth"]).is_absolute() and Path(sample["ground_truth"]).is_file()
+    assert Path(sample["raw"]) == tmp_path / "data" / "oulad_raw_sample"

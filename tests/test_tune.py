@@ -307,3 +307,23 @@ def test_refusals_exit_2_with_one_line(oulad_sample, study3, tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("x")
     with pytest.raises(BadInput, match="not a tune folder"):
         _tune(oulad_sample, tmp_path / "other", 1)
+
+
+def test_into_puts_the_best_values_into_a_preset_for_that_model_only(oulad_sample, study3, tmp_path):
+    out, summary = study3
+    into = tmp_path / "tuned.toml"
+    res = subprocess.run([*_cli_tune(oulad_sample, out, 3), "--into", str(into)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    best = summary["best"]["params"]
+    cfg = load_config(str(into), ['model.name="dsrsd"'])                # a copy of the base preset + the table
+    for key, value in best.items():
+        section, name = key.split(".")
+        assert getattr(getattr(cfg, section), name) == value, key
+    other = load_config(str(into), ['model.name="late"']).model_dump()
+    assert other == {**load_config(PRESET, ['model.name="late"']).model_dump(), "preset": "tuned"}   # untouched
+    text = into.read_text()
+    assert f"best validation AUC {summary['best']['valid_auc']:.4f}" in text and str(tmp_path) not in text
+
+    res = subprocess.run([*_cli_tune(oulad_sample, out, 3), "--into", str(tmp_path / "x.txt")], capture_output=True, text=True, timeout=120)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "give a .toml file" in lines[0], res.stderr

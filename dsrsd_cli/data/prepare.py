@@ -109,7 +109,8 @@ def prepare_dataset(
         if raw.exists():
             shutil.rmtree(raw)
         params = write_sample(dataset, raw, size=sample_size, seed=seed, strengths=strengths)
-        extra["sample"] = {"raw": str(raw), "ground_truth": str(raw / "ground_truth.parquet"), "params": params}
+        # Absolute: the manifest is read from other working directories (benchmarks/quality.py's oracle).
+        extra["sample"] = {"raw": str(raw.resolve()), "ground_truth": str((raw / "ground_truth.parquet").resolve()), "params": params}
     elif sample_size is not None or strengths:
         raise BadInput("--sample-size and --sample-strength only apply to the built-in sample; drop them or drop --raw")
 

@@ -5,8 +5,9 @@ Two ways in:
                runs of one model whose settings differ (an ablation, e.g. loss.lambda_orth)
                are told apart by the differing keys, e.g. "dsrsd (loss.lambda_orth=0.0)".
   plan         `dsrsd compare --preset default --models dsrsd,early,late --seeds 5`: every
-               model x seed is trained from the same preset, overrides and data into
-               OUT/runs/<model>__seed<s>/ (":" in a model name becomes "-"), seeds
+               model x seed is trained from the same preset, overrides and data (each
+               model with its own tuned values where the preset holds a [tuned.<model>]
+               table, config.py) into OUT/runs/<model>__seed<s>/ (":" in a model name becomes "-"), seeds
                train.seed + 0..n-1. A finished run is reused, an interrupted one is resumed
                (train --resume) or, if it never finished an epoch, restarted, so a killed
                compare picks up where it stopped and gives the same table.
@@ -36,7 +37,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from dsrsd_cli.config import RunConfig, load_config, result_settings
+from dsrsd_cli.config import RunConfig, load_config, result_settings, tuned_models
 from dsrsd_cli.engine import stats
 from dsrsd_cli.engine.metrics import compute_metrics
 from dsrsd_cli.engine.runs import METRICS_FILE, PREDICTIONS_FILE, STATE_FILE, RunInfo, load_run, read_run_info, torch_threads
@@ -207,16 +208,24 @@ def run_folder_name(model: str, seed: int) -> str:
 
 
 def plan_configs(preset: str, *, models, seeds: int, overrides: Sequence[str] = (), data: Path | None = None) -> list[RunConfig]:
-    """One config per model x seed: the same preset, overrides, data and budget; only model.name and train.seed vary."""
+    """One config per model x seed: the same preset, overrides, data and budget; only model.name,
+    train.seed and each model's own tuned values (the preset's [tuned.<model>] tables) vary."""
     from dsrsd_cli.data.loader import make_spec, open_prepared
-    from dsrsd_cli.model.registry import check_model
+    from dsrsd_cli.model.registry import check_model, model_names
 
     if seeds < 1:
         raise BadInput(f"--seeds {seeds}: must be at least 1")
     names = parse_models(models)
     common = list(overrides) + ([f"data.path={json.dumps(str(data))}"] if data is not None else [])
     base = load_config(preset, common)
-    check_model(make_spec(open_prepared(base.data.path), base.data), names, where="--models")
+    spec = make_spec(open_prepared(base.data.path), base.data)
+    check_model(spec, names, where="--models")
+    models = model_names(spec)
+    known = set(models) | {name.partition(":")[0] for name in models}     # a family's table serves its variants
+    unknown = [name for name in tuned_models(preset) if name not in known]
+    if unknown:
+        raise BadInput(f"preset {preset}: [tuned.{unknown[0]}] is for a model {spec.dataset} does not have; "
+                       f"choose among {', '.join(models)} (or a family: {', '.join(sorted(known - set(models)))})")
     return [
         load_config(preset, [*common, f"model.name={json.dumps(name)}", f"train.seed={base.train.seed + k}"])
         for name in names for k in range(seeds)

@@ -228,11 +228,10 @@ def _batch_columns(model, batch: Batch, mods: tuple[str, ...], ablations: list[s
     for s in range(n_subsets):
         out = model(batch.without(*_subset_absent(s, mods)))
         columns[f"coalition_{s}"] = out.logits[mask].float().cpu().numpy()                  # (n,) or (n, C)
-        if s == n_subsets - 1:   # the full model: its gates on the scored units
-            scored = mask.reshape(-1)[batch.valid.reshape(-1).bool()]                        # valid units that are scored
-            probe.add(out.aux, gate_rows=scored)
+        if s == n_subsets - 1:   # the full model: its gates (one row per scored unit)
+            probe.add(out.aux)
             if "gates" in out.aux:
-                columns["gates"] = out.aux["gates"][scored].float().cpu().numpy()            # (n, G)
+                columns["gates"] = out.aux["gates"].float().cpu().numpy()                    # (n, G)
                 gate_names = [str(g) for g in out.aux["gate_names"]]
     for j, stream in enumerate(ablations):
         columns[f"stream_{j}"] = model(batch, ablate=frozenset({stream})).logits[mask].float().cpu().numpy()

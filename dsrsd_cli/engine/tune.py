@@ -70,7 +70,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from dsrsd_cli import __version__
-from dsrsd_cli.config import MOVED_KEYS, RunConfig, flat_keys, result_settings
+from dsrsd_cli.config import MOVED_KEYS, RunConfig, flat_keys, result_settings, write_tuned
 from dsrsd_cli.engine.runs import METRICS_FILE, PREDICTIONS_FILE, STATE_FILE
 from dsrsd_cli.engine.train import TrainingInterrupted, config_from_cli, train_run
 from dsrsd_cli.engine.tune_space import Dim, family_of, search_space
@@ -100,17 +100,31 @@ MAX_FAILURES_IN_A_ROW = 3     # trials failing during training (e.g. a NaN loss)
 
 def tune_from_cli(
     *, model: str, trials: int, preset: str, out: Path | None, overrides: list[str], data: Path | None,
-    seed: int, json_out: bool, console: Console,
+    seed: int, json_out: bool, console: Console, into: Path | None = None,
 ) -> None:
+    if into is not None and Path(into).suffix != ".toml":
+        raise BadInput(f"--into {into}: give a .toml file (a preset to hold the tuned values)")
     summary = tune(model=model, trials=trials, preset=preset, out=out, overrides=overrides, data=data, seed=seed, console=console)
     console.print(trials_table(summary))
     if summary["best"] is not None:
         console.print(best_table(summary))
         console.print(f"wrote {escape(summary['best_toml'])} and {escape(summary['trials_csv'])}", highlight=False)
+        if into is not None:
+            write_tuned(into, model=model, values=summary["best"]["params"], note=tuned_note(summary), base_preset=preset)
+            console.print(f"wrote the best values into {escape(str(into))} as its {escape(f'[tuned.{model}]')} table: "
+                          f"`dsrsd compare --preset {escape(str(into))}` trains {escape(model)} with them", highlight=False)
     else:
         console.print(f"[yellow]no trial completed (all pruned or failed): no {BEST_TOML}[/yellow]; wrote {escape(summary['trials_csv'])}", highlight=False)
     if json_out:
         print_json(summary)
+
+
+def tuned_note(summary: dict[str, Any]) -> str:
+    """Where a [tuned.<model>] table came from, in one line (no local paths: presets are shipped)."""
+    best = summary["best"]
+    return (f"dsrsd tune {__version__}: preset {Path(summary['preset']).stem}, --set {' '.join(summary['overrides']) or '(none)'}, "
+            f"--seed {summary['seed']}; trial {best['number']} of {summary['finished']} finished "
+            f"({summary['complete']} complete), best validation AUC {best['valid_auc']:.4f}")
 
 
 def _require_optuna() -> None:

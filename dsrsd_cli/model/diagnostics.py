@@ -269,9 +269,9 @@ class MechanismProbe:
         self._gate_weight: Tensor | None = None
         self._gate_units = 0
 
-    def add(self, aux: Mapping[str, Any], *, gate_rows: Tensor | None = None) -> None:
-        """One eval forward's ModelOutput.aux. gate_rows (V,) bool, optional: the rows of
-        aux["gates"] to count (e.g. the scored units). Models without these keys: no-op."""
+    def add(self, aux: Mapping[str, Any]) -> None:
+        """One eval forward's ModelOutput.aux (its gates are the scored units'). Models
+        without these keys: no-op."""
         if all(key in aux for key in ("shared", "private", "aux_present")) and aux["shared"]:
             present = dict(aux["aux_present"])
             if "aux_group" in aux:                    # carried as a pseudo-modality: pooled and thinned alike
@@ -279,8 +279,6 @@ class MechanismProbe:
             self._add_rows(aux["shared"], aux["private"], present)
         if "gates" in aux and "gate_names" in aux:
             gates = aux["gates"]
-            if gate_rows is not None:
-                gates = gates[gate_rows.detach().bool().to(gates.device)]
             names = [str(n) for n in aux["gate_names"]]
             if self._gate_names is None:
                 self._gate_names = names

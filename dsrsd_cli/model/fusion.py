@@ -173,13 +173,14 @@ class DSRSDFusion(Fusion):
     concatenation; absent (or ablated) streams get -inf, so their weight is exactly 0;
     fused = the weighted streams side by side (U, (1+M) k); head -> logits. In training, `private_dropout`
     also closes each private stream at random (robustness to a missing modality). The
-    per-modality maps P_m, Q_m run stacked (one batched matmul for all M), on the valid
-    units only.
+    per-modality maps P_m, Q_m run stacked (one batched matmul for all M), on the scored
+    units only (batch.mask): nothing reads a prediction elsewhere, and an EdNet window's
+    context steps (a third of its units) are scored in the window before.
 
     aux: "losses" (training only: unweighted infonce, regression, decorrelation,
-    orthogonality on at most aux_rows sampled valid units, each over the units where its
+    orthogonality on at most aux_rows sampled scored units, each over the units where its
     modalities are present; {} in evaluation, where nothing reads them);
-    "gates" (N_valid, 1+M) for the valid units in batch.valid order, "gate_names";
+    "gates" (N_scored, 1+M) for the scored units in batch.mask order, "gate_names";
     "shared"/"private": modality -> z_m / q_m (N, k) of the sampled units, with
     "aux_rows" (N,) their flat unit indices and "aux_present": modality -> (N,) bool;
     EdNet also "aux_group" (N,): their learners (learner_groups), InfoNCE's excluded negatives.
@@ -235,8 +236,8 @@ class DSRSDFusion(Fusion):
                 ablate: frozenset[str] = frozenset()) -> ModelOutput:
         self._check(ablate)
         names = self.modalities
-        # Only the valid units are fused (padding gets logit 0): V of the U = B x T units.
-        units = batch.valid.reshape(-1).nonzero().squeeze(1)                                 # (V,)
+        # Only the scored units are fused (the others get logit 0): V of the U = B x T units.
+        units = batch.mask.reshape(-1).nonzero().squeeze(1)                                  # (V,)
         h = torch.stack([encoded[m].h.flatten(0, -2).index_select(0, units) for m in names])  # (M, V, d)
         here = torch.stack([present[m].reshape(-1).index_select(0, units) for m in names])  # (M, V)
         s = self.shared(h)                                                                   # (M, V, d)
@@ -274,11 +275,11 @@ class DSRSDFusion(Fusion):
         logits = to_logits(y.new_zeros(batch.valid.numel(), y.shape[-1]).index_copy(0, units, y), batch)
 
         picks = sample_aux_rows(units.numel(), self.aux_rows, training=self.training, device=units.device)  # (N,)
-        z_rows, here_rows = z[:, picks], here[:, picks]                                      # (M, N, k), (M, N)
+        z_rows, here_rows = z.index_select(1, picks), here[:, picks]                        # (M, N, k), (M, N)
         groups = learner_groups(batch)
         group_rows = None if groups is None else groups.index_select(0, units[picks])       # (N,)
-        aux_losses = self._aux_losses(z=z_rows, s=s[:, picks], p=p[:, picks], here=here_rows,
-                                      group=group_rows) if self.training else {}
+        aux_losses = {} if not self.training else self._aux_losses(
+            z=z_rows, s=s.index_select(1, picks), p=p.index_select(1, picks), here=here_rows, group=group_rows)
         aux = {
             "losses": aux_losses,
             "gates": gates.detach(),
@@ -293,21 +294,23 @@ class DSRSDFusion(Fusion):
         return ModelOutput(logits, aux)
 
     def _aux_losses(self, *, z: Tensor, s: Tensor, p: Tensor, here: Tensor, group: Tensor | None) -> dict[str, Tensor]:
-        """z (M, N, k), s and p (M, N, d), here (M, N), group (N,) | None of the sampled units -> unweighted losses."""
+        """z (M, N, k), s and p (M, N, d), here (M, N), group (N,) | None of the sampled units -> unweighted losses.
+        Decorrelation and orthogonality run on the stack of modalities at once."""
         names = self.modalities
-        z, s, p, here = ({m: x[i] for i, m in enumerate(names)} for x in (z, s, p, here))
+        by_name = lambda x: {m: x[i] for i, m in enumerate(names)}  # noqa: E731
         predictors = {(a, b): self.predictors[f"{a}->{b}"] for a, b in permutations(names, 2)}
-        orth = [losses.orthogonality(s[m], p[m], here[m]) for m in names]
-        if self.orth_private_pairs:
-            orth += [losses.orthogonality(p[a], p[b], here[a] & here[b]) for a, b in combinations(names, 2)]
         terms = {}
         if not {"align", "shared"} & self.without:
-            terms["infonce"] = losses.info_nce(z, here, self.tau, group)
-            terms["regression"] = losses.regression_alignment(z, here, predictors)
+            terms["infonce"] = losses.info_nce(by_name(z), by_name(here), self.tau, group)
+            terms["regression"] = losses.regression_alignment(by_name(z), by_name(here), predictors)
         if not {"decorr", "shared"} & self.without:
-            terms["decorrelation"] = torch.stack([losses.decorrelation(z[m], here[m]) for m in names]).mean()
+            terms["decorrelation"] = losses.decorrelation(z, here).mean()
         if "orth" not in self.without:
-            terms["orthogonality"] = torch.stack(orth).mean()
+            orth = [losses.orthogonality(s, p, here)]                                            # (M,)
+            if self.orth_private_pairs:
+                orth += [losses.orthogonality(p[i], p[j], here[i] & here[j]).view(1)
+                         for i, j in combinations(range(len(names)), 2)]
+            terms["orthogonality"] = torch.cat(orth).mean()
         return terms
 
 
@@ -346,7 +349,7 @@ class LateFusion(Fusion):
         here = here | ~here.any(1, keepdim=True)
         weights = torch.softmax(self.weight.expand_as(here).masked_fill(~here, float("-inf")), dim=-1)   # (U, M)
         fused = (weights.unsqueeze(-1) * per_modality).sum(1)                        # (U, C)
-        aux = {"losses": {}, "gates": weights[batch.valid.reshape(-1)].detach(), "gate_names": list(names)}
+        aux = {"losses": {}, "gates": weights[batch.mask.reshape(-1)].detach(), "gate_names": list(names)}
         return ModelOutput(to_logits(fused, batch), aux)
 
 

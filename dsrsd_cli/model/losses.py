@@ -60,14 +60,21 @@ def info_nce(z: Mapping[str, Tensor], present: Mapping[str, Tensor], tau: float,
     of the same bundle shares its behaviour: they are false negatives, which would push the
     shared streams to forget the learner instead of aligning on it.
     """
+    unit = {m: F.normalize(x.float(), dim=-1) for m, x in z.items()}    # row-wise: absent rows touch no other row
+    n_all = next(iter(z.values())).shape[0]
+    exclude_all = None                                                 # same_group over all N rows, built once
     terms = []
     for a, b in combinations(sorted(z), 2):
         rows = (present[a] & present[b]).nonzero().squeeze(1)
         if rows.numel() < 2:
             continue
-        za = F.normalize(z[a].index_select(0, rows).float(), dim=-1)      # (n, k)
-        zb = F.normalize(z[b].index_select(0, rows).float(), dim=-1)
-        exclude = None if group is None else same_group(group.index_select(0, rows))
+        exclude = None
+        if group is not None and rows.numel() == n_all:
+            exclude_all = same_group(group) if exclude_all is None else exclude_all
+            exclude = exclude_all
+        elif group is not None:
+            exclude = same_group(group.index_select(0, rows))
+        za, zb = unit[a].index_select(0, rows), unit[b].index_select(0, rows)        # (n, k)
         terms.append(_symmetric_cross_entropy(za, zb, tau, exclude))
     return _mean(terms, next(iter(z.values())))
 
@@ -85,9 +92,9 @@ def _symmetric_cross_entropy(za: Tensor, zb: Tensor, tau: float, exclude: Tensor
     diagonal; za, zb (n, k) unit rows; `exclude` (n, n) bool: off-diagonal pairs left out.
 
     The logits are bounded by 1/tau, so one exp of the logits shifted by that bound gives
-    both the row and the column sums (log-sum-exp without a per-row maximum): a single
-    pass over the n x n matrix where cross_entropy would take four. For a tau so small
-    that the shifted exp could underflow, the two cross-entropies are taken as usual.
+    both the row and the column sums (log-sum-exp without a per-row maximum): see
+    _ShiftedLogSumExps. For a tau so small that the shifted exp could underflow, the two
+    cross-entropies are taken as usual.
     """
     positives = (za * zb).sum(-1) / tau                                  # (n,) the diagonal
     if 2.0 / tau > _MAX_SHIFTED_RANGE:
@@ -96,11 +103,48 @@ def _symmetric_cross_entropy(za: Tensor, zb: Tensor, tau: float, exclude: Tensor
         if exclude is not None:
             logits = logits.masked_fill(exclude, float("-inf"))
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-    shifted = torch.addmm(za.new_tensor(-1.0 / tau), za, zb.T, alpha=1.0 / tau).exp()   # (n, n) in (0, 1]
-    if exclude is not None:
-        shifted = shifted.masked_fill(exclude, 0.0)
-    log_sums = 0.5 * (shifted.sum(1).log().mean() + shifted.sum(0).log().mean())
-    return log_sums + 1.0 / tau - positives.mean()
+    return _ShiftedLogSumExps.apply(za, zb, tau, exclude) + 1.0 / tau - positives.mean()
+
+
+class _ShiftedLogSumExps(torch.autograd.Function):
+    """0.5 (mean_i log r_i + mean_j log c_j): r and c are the row and column sums of
+    e = exp((za @ zb.T - 1) / tau), with e = 0 where `exclude`.
+
+    Written out because autograd would keep and walk several (n, n) intermediates; this
+    keeps e alone and its backward is one (n, n) pass and two matmuls: d/de_ij =
+    (1/r_i + 1/c_j) / 2n, de/dlogit = e, dlogit/dza_i = zb_j / tau. It is most of the
+    auxiliary losses' cost at N = 1024 rows.
+    """
+
+    @staticmethod
+    def forward(ctx, za: Tensor, zb: Tensor, tau: float, exclude: Tensor | None) -> Tensor:
+        e = torch.addmm(za.new_tensor(-1.0 / tau), za, zb.T, alpha=1.0 / tau).exp_()   # (n, n) in (0, 1]
+        if exclude is not None:
+            e.masked_fill_(exclude, 0.0)
+        r, c = e.sum(1), e.sum(0)                                                         # (n,) x2
+        ctx.save_for_backward(za, zb, e, r, c)
+        ctx.tau = tau
+        return 0.5 * (r.log().mean() + c.log().mean())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        za, zb, e, r, c = ctx.saved_tensors
+        scale = grad * 0.5 / (za.shape[0] * ctx.tau)
+        weight = ((scale / r).unsqueeze(1) + (scale / c).unsqueeze(0)).mul_(e)             # (n, n)
+        return weight @ zb, weight.T @ za, None, None
+
+
+def _rows(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """x (..., N, d) float32 with the rows where mask (..., N) is False set to 0 (whatever
+    they held, NaN included: they reach neither the loss nor a gradient), and the count
+    of kept rows (..., 1, 1). Masking instead of indexing keeps a stack of modalities in
+    one batched computation and avoids the slow backward of boolean indexing."""
+    return torch.where(mask.unsqueeze(-1), x.float(), 0.0), mask.sum(-1).float()[..., None, None]
+
+
+def _centred(x: Tensor, mask: Tensor, n: Tensor) -> Tensor:
+    """The kept rows of x (from _rows) minus their mean; the other rows stay 0."""
+    return torch.where(mask.unsqueeze(-1), x - x.sum(-2, keepdim=True) / n.clamp(min=1), 0.0)
 
 
 @_float32
@@ -114,48 +158,50 @@ def regression_alignment(
     predictors[(a, b)] maps z_a (n, k) -> (n, k); the target z_b is not differentiated
     (stop-gradient, as in BYOL), n() is L2 normalisation. Rows where both are present.
     """
+    target = {m: F.normalize(_rows(x.detach(), present[m])[0], dim=-1) for m, x in z.items()}   # (N, k) each
     terms = []
     for a, b in permutations(sorted(z), 2):
-        rows = present[a] & present[b]
+        rows = present[a] & present[b]                                     # (N,)
         if not bool(rows.any()):
             continue
-        predicted = F.normalize(predictors[(a, b)](z[a][rows].float()), dim=-1)   # (n, k)
-        target = F.normalize(z[b][rows].detach().float(), dim=-1)
-        terms.append((predicted - target).pow(2).sum(-1).mean())
+        source, n = _rows(z[a], rows)                                      # (N, k), (1, 1)
+        miss = (F.normalize(predictors[(a, b)](source), dim=-1) - target[b]).pow(2).sum(-1)   # (N,)
+        terms.append(torch.where(rows, miss, 0.0).sum() / n.view(()))
     return _mean(terms, next(iter(z.values())))
 
 
 @_float32
 def decorrelation(z: Tensor, mask: Tensor) -> Tensor:
-    """VICReg covariance + variance terms of z (N, k) over the rows where mask (N,) is True.
+    """VICReg covariance + variance terms of z (..., N, k) over the rows where mask
+    (..., N) is True -> (...): one value per stack (e.g. per modality).
 
     sum of squared off-diagonal covariances of the centred z / k, plus the mean of
     relu(1 - std) per dimension (the hinge that keeps the space from collapsing).
     """
-    x = z[mask].float()                                   # (n, k)
-    n, k = x.shape
-    if n < 2:
-        return _zero(z)
-    x = x - x.mean(0)
-    cov = x.T @ x / (n - 1)                               # (k, k)
-    off_diagonal = cov - torch.diag(torch.diagonal(cov))
-    std = torch.sqrt(torch.diagonal(cov) + 1e-4)
-    return off_diagonal.pow(2).sum() / k + F.relu(1.0 - std).mean()
+    x, n = _rows(z, mask)                                                   # (..., N, k), (..., 1, 1)
+    k = x.shape[-1]
+    x = _centred(x, mask, n)
+    cov = x.transpose(-1, -2) @ x / (n - 1).clamp(min=1)                    # (..., k, k)
+    variance = torch.diagonal(cov, dim1=-2, dim2=-1)                        # (..., k)
+    off_diagonal = cov.masked_fill(torch.eye(k, dtype=torch.bool, device=cov.device), 0.0)
+    std = torch.sqrt(variance + 1e-4)
+    loss = off_diagonal.pow(2).sum((-2, -1)) / k + F.relu(1.0 - std).mean(-1)
+    return torch.where(n.view(loss.shape) < 2, 0.0, loss)
 
 
 @_float32
 def orthogonality(s: Tensor, p: Tensor, mask: Tensor) -> Tensor:
     """MISA's DiffLoss: mean squared entry of the cross-correlation of s and p.
 
-    s (N, d1), p (N, d2): rows where mask (N,) is True are centred over the batch, then
-    each row is L2-normalised; loss = mean((s^T p)^2) over the (d1, d2) entries.
+    s (..., N, d1), p (..., N, d2): rows where mask (..., N) is True are centred over the
+    batch, then each row is L2-normalised; loss = mean((s^T p)^2) over the (d1, d2)
+    entries -> (...): one value per stack.
     """
-    s, p = s[mask].float(), p[mask].float()
-    if s.shape[0] < 2:
-        return _zero(s)
-    s = F.normalize(s - s.mean(0), dim=-1, eps=1e-6)
-    p = F.normalize(p - p.mean(0), dim=-1, eps=1e-6)
-    return (s.T @ p).pow(2).mean()
+    (s, n), (p, _) = _rows(s, mask), _rows(p, mask)
+    s = F.normalize(_centred(s, mask, n), dim=-1, eps=1e-6)
+    p = F.normalize(_centred(p, mask, n), dim=-1, eps=1e-6)
+    loss = (s.transpose(-1, -2) @ p).pow(2).mean((-2, -1))
+    return torch.where(n.view(loss.shape) < 2, 0.0, loss)
 
 
 def task_loss(logits: Tensor, target: Tensor, mask: Tensor, n_outputs: int) -> Tensor:

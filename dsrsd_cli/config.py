@@ -1,8 +1,9 @@
 """One config object (pydantic) for a run: data, model, dsrsd, loss, train, gbdt. Presets are TOML files.
 
 `load_config("default", overrides=["loss.lambda_orth=0.2"])` reads
-dsrsd_cli/presets/default.toml (or a path to a .toml file), applies the `--set`
-overrides and validates everything; an unknown key or a bad value is a BadInput
+dsrsd_cli/presets/default.toml (or a path to a .toml file), applies the model's own
+`[tuned.<model>]` table if the preset has one (see "per-model tuned values" below), then the
+`--set` overrides, and validates everything; an unknown key or a bad value is a BadInput
 naming the key.
 
 One reader per section: `model` sizes every neural model (encoders, fusions), `dsrsd` is

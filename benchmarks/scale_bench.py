@@ -194,6 +194,10 @@ def _data_code() -> str:
     return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(data.glob("*.py")))).hexdigest()[:16]
 
 
+def prepare_command(zip_path: Path, out: Path) -> list[str]:
+    return [*DSRSD, "prepare", "--dataset", "ednet", "--raw", str(zip_path), "--out", str(out), "--force", "--workers", "2"]
+
+
 def ensure_prepared(n: int, zip_path: Path, work: Path, redo: bool) -> tuple[Path, dict]:
     """The prepared folder and its figures; those of an earlier run when both were kept and
     the preparing code is the same."""
@@ -201,8 +205,7 @@ def ensure_prepared(n: int, zip_path: Path, work: Path, redo: bool) -> tuple[Pat
     kept = json.loads(figures.read_text()) if figures.exists() and (out / "manifest.json").exists() else {}
     if not redo and kept.get("data_code") == _data_code():
         return out, {**kept, "reused": True}
-    cmd = [*DSRSD, "prepare", "--dataset", "ednet", "--raw", str(zip_path), "--out", str(out), "--force", "--workers", "2"]
-    r = run_command(cmd, work / "logs" / f"prepare_{n}.txt")
+    r = run_command(prepare_command(zip_path, out), work / "logs" / f"prepare_{n}.txt")
     if r["returncode"] == 0:
         r["answers"] = json.loads((out / "manifest.json").read_text())["rows_out"]
         r["answers_per_s"], r["data_code"] = r["answers"] / r["seconds"], _data_code()
@@ -284,8 +287,7 @@ def bench_kt4(n: int, work: Path) -> dict:
     start = time.perf_counter()
     actions = write_kt4_zip(path, n, seed=0)
     generated = time.perf_counter() - start
-    cmd = [*DSRSD, "prepare", "--dataset", "ednet", "--raw", str(path), "--out", str(out), "--force", "--workers", "2"]
-    r = run_command(cmd, work / "logs" / f"prepare_kt4_{n}.txt")
+    r = run_command(prepare_command(path, out), work / "logs" / f"prepare_kt4_{n}.txt")
     r.update(learners=n, generate_s=generated, zip_mb=path.stat().st_size / MB, actions_written=actions)
     if r["returncode"] == 0:
         manifest = json.loads((out / "manifest.json").read_text())

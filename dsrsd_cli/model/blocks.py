@@ -97,8 +97,9 @@ class StackedLayerNorm(nn.Module):
 class Attention(nn.Module):
     """S independent multi-head attentions, each of its x over its context, in ONE call.
 
-    x (S, B, Lq, d), context (S, B, Lk, d), bias (B, 1, Lq, Lk) additive (attention_bias;
-    the same for all S) -> (S, B, Lq, d). The S x H heads run as the heads of one
+    x (S, B, Lq, d), context (S, B, Lk, d), bias additive, (B, 1, Lq, Lk) (attention_bias: the
+    same for every head) or (B, S*H, Lq, Lk) (one per head, e.g. the EdNet core's forgetting)
+    -> (S, B, Lq, d). The S x H heads run as the heads of one
     attention. Every query row must see at least one key (callers add an always-visible
     slot). Regularised by dropout on the output; none on the attention weights, which
     would force the unfused kernel and materialise B x H x Lq x Lk random numbers.

@@ -4,6 +4,7 @@
     python benchmarks/scale_bench.py --full --work /data/sb --keep   # also N = 784,309 (the whole KT1)
     python benchmarks/scale_bench.py --sizes 2000 --work /tmp/sb --keep --json sb.json   # a quick check
     python benchmarks/scale_bench.py --sizes "" --kt4 10000                 # KT4: prepare alone
+    python benchmarks/scale_bench.py --full --prepare-only --work /data/sb  # KT1: prepare alone, every size
 
 For each N, in --work (default a temp folder; the command outputs go to WORK/logs/). Without
 --keep a size's zip, prepared folder and runs are removed once it is done; with --keep a rerun
@@ -300,6 +301,9 @@ def bench_size(n: int, work: Path, args, eval_nproc: bool) -> dict:
     r = {"learners": n}
     zip_path, r["generate"] = ensure_zip(n, work)
     data, r["prepare"] = ensure_prepared(n, zip_path, work, args.redo_prepare)
+    if args.prepare_only:
+        skipped = {"skipped": "--prepare-only"}
+        return {**r, "train_np1": skipped, "train_np2": skipped, "evaluate_np1": skipped, "evaluate_np2": skipped, "cuda": skipped}
     for p in (1, 2):
         print(f"N={n:,}: zip and prepared folder ready; training with {p} process(es)", flush=True)
         r[f"train_np{p}"] = train(n, data, work, p, args.train_timeout)
@@ -385,6 +389,8 @@ def targets(results: list[dict], kt4: dict | None = None) -> list[dict]:
     base = next((r for r in results if r["learners"] == 200_000), None)
     for k in (1, 2):
         t = big[f"train_np{k}"]
+        if "skipped" in t:
+            continue
         add(f"train peak RSS < 3 GB per process ({k} proc), {at}", t["peak_process_rss_mb"], "MB", lambda v: v < 3072)
         add(f"time to first step < 30 s ({k} proc), {at}", t["first_step_s"], "s", lambda v: v < 30)
         if base is not None and big is not base:
@@ -429,6 +435,7 @@ def main() -> None:
     parser.add_argument("--train-timeout", type=float, default=1800, help="seconds before a train command is killed")
     parser.add_argument("--evaluate-max", type=int, help="evaluate only sizes up to this many learners (evaluate's "
                         "answers/s hardly depends on N, and the full test split takes long on a CPU)")
+    parser.add_argument("--prepare-only", action="store_true", help="KT1 sizes: generate and prepare only (no train, evaluate, cuda)")
     parser.add_argument("--kt4", type=int, help="also prepare a generated KT4 zip of this many learners (~2,150 actions each)")
     parser.add_argument("--json", dest="json_out", help="also write every figure to this JSON file")
     args = parser.parse_args()

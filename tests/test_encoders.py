@@ -14,6 +14,7 @@ from dsrsd_cli.config import DSRSDConfig, ModelConfig
 from dsrsd_cli.data.ednet_row_arrays import hours_since_first
 from dsrsd_cli.model import build_model
 from dsrsd_cli.model.encoders import build_core, build_encoders
+from dsrsd_cli.model.interaction_core import QUERY_GRAIN
 from model_fakes import ednet_batch, ednet_spec
 
 SPEC = ednet_spec()
@@ -95,6 +96,50 @@ def test_forgetting_grows_with_steps_and_hours_and_spares_the_start_slot():
     assert bool((last[:-1].diff() <= 1e-6).all()) and float(last[0]) > float(last[3]) > 0   # older keys fall further
     assert bool((both >= steps_only).all()) and float((both - steps_only).max()) > 0       # hours add to steps
     assert torch.allclose(steps_only[0, 0, 5, 1], torch.log1p(torch.tensor(3.0)) * np.log(2))
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_the_core_encodes_only_the_needed_steps_and_gives_them_what_encoding_all_gives(joint):
+    """Evaluation encodes the scored steps alone (interaction_core._query_groups): exactly the
+    values of the full pass there, zeros elsewhere, for any pattern of needed steps."""
+    torch.manual_seed(0)
+    encoders = _loud(build_encoders(SPEC, SPEC.modalities, ModelConfig(**SMALL, n_layers=2, joint_memory=joint)))
+    batch = ednet_batch(SPEC, batch_size=6, seed=4)
+    T = batch.valid.shape[1]
+    needed = torch.zeros_like(batch.valid)
+    assert bool(batch.valid[0].all())
+    needed[0, 11:] = True                              # a context window's scored tail (span [10, 16))
+    needed[1] = True                                   # every step (padding included)
+    needed[2, [1, T - 2]] = True                       # two steps far apart
+    needed[3, 3] = True                                # one step; row 4: none
+    needed[5] = batch.valid[5]
+    full = torch.stack([e.h for e in encoders(batch).values()])                     # (M, B, T, d)
+    some = torch.stack([e.h for e in encoders(batch, needed=needed).values()])
+    assert torch.allclose(some[:, needed], full[:, needed], atol=1e-6)
+    skipped = ~needed
+    skipped[:, :QUERY_GRAIN] &= ~needed[:, :QUERY_GRAIN].any(1, keepdim=True)       # spans of whole grains are encoded
+    skipped[:, QUERY_GRAIN:] &= ~needed[:, QUERY_GRAIN:].any(1, keepdim=True)       # (T = 16: two grains)
+    assert int(skipped.sum()) > T and float(some[:, skipped].abs().max()) == 0.0
+    assert float(full[:, skipped].abs().max()) > 0.0   # (so the zeros are the skipping's)
+
+
+@pytest.mark.parametrize("name", ["dsrsd", "concat", "late", "coattn", "early", "single:item"])
+def test_evaluation_scores_are_those_of_encoding_every_step(name, monkeypatch):
+    """The models skip the unscored steps in evaluation only, and their scores do not move."""
+    import dsrsd_cli.model.fusion as fusion
+
+    torch.manual_seed(0)
+    model = _loud(build_model(SPEC, ModelConfig(name=name, **SMALL), DSRSDConfig(k_shared=8)))
+    batch = ednet_batch(SPEC, batch_size=4, seed=5)
+    batch.mask[:2, :QUERY_GRAIN + 1] = False                                     # context steps: not scored
+    seen = []
+    real = fusion.needed_steps
+    monkeypatch.setattr(fusion, "needed_steps", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    skipping = model(batch).logits
+    assert seen and all(s is None for s in seen) == (name == "coattn")            # coattn reads every step
+    monkeypatch.setattr(fusion, "needed_steps", lambda *a, **k: None)
+    assert torch.allclose(skipping[batch.mask], model(batch).logits[batch.mask], atol=1e-6)
+    assert real(batch, training=True, reads_every_step=False) is None            # training encodes every step
 
 
 def test_rasch_difficulty_is_one_scalar_per_question_on_a_shared_direction():

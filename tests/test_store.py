@@ -104,6 +104,21 @@ def test_rows_out_of_learner_order_are_sorted(fake, tmp_path):
     assert np.all(np.diff(b.columns["position"][b.start[0]: b.start[0] + b.length[0]]) > 0)
 
 
+def test_a_learner_met_again_in_a_later_chunk_is_not_grouped(tmp_path):
+    """StoreWriter looks for a learner in two chunks once, when asked; each chunk alone is in order."""
+    def arrays(position):
+        return {"position": np.array(position, np.int32), "bundle": np.array(position, np.int32)}
+
+    writer = ednet_store.StoreWriter(tmp_path)
+    writer.add(np.array(["a", "b"], object), np.array([0, 0, 1]), arrays([0, 1, 0]))
+    writer.add(np.array(["c"], object), np.array([0]), arrays([0]))
+    assert writer.grouped
+    writer.add(np.array(["a"], object), np.array([0, 0]), arrays([2, 3]))
+    assert not writer.grouped
+    writer.abort()
+    assert not (tmp_path / f".{STORE_DIR}.partial").exists()
+
+
 # ---------------------------------------------------------------- mapped, not copied
 
 def test_datasets_map_the_arrays_and_never_read_the_parquet(fake, monkeypatch):

@@ -13,11 +13,15 @@ they are listed in `RawSource.refused` and never read.
 
 A zip is listed by reading its central directory directly: zipfile builds a ZipInfo per
 member, slow and heavy for EdNet's 784K members, and the parser needs only where each
-member's bytes are.
+member's bytes are. Those coordinates are kept in one (N, 4) int64 array beside the sorted
+names (`RawSource.coords`), not as a dict of tuples: Python ints and tuples cost ~250 bytes
+a member, a quarter of what listing the full KT1 held in the main process.
 """
 
 from __future__ import annotations
 
+import array
+import bisect
 import contextlib
 import hashlib
 import mmap
@@ -29,6 +33,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterable, Iterator
+
+import numpy as np
 
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.io import sha256_file
@@ -54,7 +60,7 @@ class RawSource:
     kind: str                                   # "dir" | "zip" | "tar"
     names: list[str] = field(default_factory=list)     # safe member files, posix relative paths
     refused: list[str] = field(default_factory=list)   # members refused as unsafe
-    entries: dict[str, ZipEntry] = field(default_factory=dict)  # zip: where each member's bytes are
+    coords: np.ndarray | None = None            # zip: (len(names), 4) int64, where each member's bytes are (ZipEntry)
 
     # ------------------------------------------------------------------ open
     @classmethod
@@ -67,10 +73,15 @@ class RawSource:
             return cls(path=path, kind="dir", names=names)
         try:
             if zipfile.is_zipfile(path):
-                listing = [(name, entry) for name, entry in _zip_listing(path) if not name.endswith("/")]
-                names = [name for name, _ in listing if _safe_name(name)]
-                refused = [name for name, _ in listing if not _safe_name(name)]
-                return cls(path=path, kind="zip", names=sorted(names), refused=refused, entries=dict(listing))
+                listed, coords = _zip_listing(path)
+                files = [i for i, name in enumerate(listed) if not name.endswith("/")]
+                refused = [listed[i] for i in files if not _safe_name(listed[i])]
+                order = sorted((i for i in files if _safe_name(listed[i])), key=listed.__getitem__)
+                names, coords = [listed[i] for i in order], coords[np.array(order, dtype=np.int64)]
+                for k in range(len(names) - 1, 0, -1):   # a name listed twice reads its last entry, as unzip leaves it
+                    if names[k - 1] == names[k]:
+                        coords[k - 1] = coords[k]
+                return cls(path=path, kind="zip", names=names, refused=refused, coords=coords)
             if tarfile.is_tarfile(path):
                 names, refused = [], []
                 with tarfile.open(path, "r:*") as tf:
@@ -86,6 +97,15 @@ class RawSource:
         raise BadInput(f"{path}: not a folder, .zip or .tar(.gz) archive; pass the raw data folder or archive with --raw")
 
     # ------------------------------------------------------------------ read
+    def where(self, index: int) -> ZipEntry | None:
+        """The zip coordinates of names[index] (MemberReader.read's `where`); None for folders and tars."""
+        return None if self.coords is None else tuple(int(v) for v in self.coords[index])
+
+    def where_named(self, name: str) -> ZipEntry | None:
+        """The zip coordinates of member `name`; None if not listed."""
+        i = bisect.bisect_right(self.names, name) - 1
+        return self.where(i) if i >= 0 and self.names[i] == name else None
+
     def iter_bytes(self, wanted: Iterable[str]) -> Iterator[tuple[str, bytes]]:
         """Yield (name, content) for the wanted members: in the given order for folders and
         zips, in archive order for tars (a compressed tar can only be read front to back)."""
@@ -95,7 +115,7 @@ class RawSource:
                 reader = MemberReader(self.kind, str(self.path))
                 try:
                     for name in wanted:
-                        yield name, reader.read(name, self.entries.get(name))
+                        yield name, reader.read(name, self.where_named(name))
                 finally:
                     reader.close()
             else:
@@ -137,7 +157,7 @@ class RawSource:
             return data
         raise BadInput(f"{self.path}: member {name} not found")
 
-    def random_access(self, names: list[str], spool: Path) -> tuple[str, str]:
+    def random_access(self, names: Iterable[str], spool: Path) -> tuple[str, str]:
         """(kind, root) of a MemberReader that reads `names` by name, in any order, from any
         process: the source itself (folder, zip), or for a tar the members copied once into
         `spool` (a compressed tar reads front to back only)."""
@@ -219,19 +239,20 @@ _ZIP_ENTRY = struct.Struct("<4s4xHH4xIII3H8xI")
 def zip_members(path: Path) -> dict[str, ZipEntry]:
     """name -> (local header offset, compressed size, method, crc) from a zip's central
     directory (for a name listed twice, the last entry)."""
-    return dict(_zip_listing(path))
+    names, coords = _zip_listing(path)
+    return {name: tuple(int(v) for v in row) for name, row in zip(names, coords)}
 
 
-def _zip_listing(path: Path) -> list[tuple[str, ZipEntry]]:
+def _zip_listing(path: Path) -> tuple[list[str], np.ndarray]:
     try:
         return _read_central_directory(path)
     except (struct.error, ValueError, IndexError) as e:
         raise BadInput(f"{path}: corrupt zip central directory ({e}); re-download or re-create it") from None
 
 
-def _read_central_directory(path: Path) -> list[tuple[str, ZipEntry]]:
-    """Every entry in directory order, names as zipfile gives them (UTF-8 if flagged, else
-    cp437; cut at a NUL byte)."""
+def _read_central_directory(path: Path) -> tuple[list[str], np.ndarray]:
+    """Every entry in directory order: the names as zipfile gives them (UTF-8 if flagged, else
+    cp437; cut at a NUL byte), and their (N, 4) int64 coordinates (ZipEntry)."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         end = mm.rfind(b"PK\x05\x06", max(0, len(mm) - 65_557))
         if end < 0:
@@ -241,7 +262,8 @@ def _read_central_directory(path: Path) -> list[tuple[str, ZipEntry]]:
             (z64,) = struct.unpack_from("<8xQ", mm, end - 20)
             count, cd_size, cd_offset = struct.unpack_from("<32xQQQ", mm, z64)
         cd = mm[cd_offset : cd_offset + cd_size]
-    members: list[tuple[str, ZipEntry]] = []
+    names: list[str] = []
+    coords = array.array("q")   # 8 bytes a value while listing, not a Python int each
     pos = 0
     for _ in range(count):
         sig, flags, method, crc, csize, usize, nlen, elen, clen, offset = _ZIP_ENTRY.unpack_from(cd, pos)
@@ -265,6 +287,7 @@ def _read_central_directory(path: Path) -> list[tuple[str, ZipEntry]]:
                 csize = big.pop(0)
             if offset == 0xFFFFFFFF:
                 offset = big.pop(0)
-        members.append((name, (offset, csize, method if not flags & 1 else -1, crc)))
+        names.append(name)
+        coords.extend((offset, csize, method if not flags & 1 else -1, crc))
         pos += 46 + nlen + elen + clen
-    return members
+    return names, np.frombuffer(coords, dtype=np.int64).reshape(-1, 4)

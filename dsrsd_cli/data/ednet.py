@@ -8,7 +8,7 @@ questions.csv and lectures.csv give ids, answers, parts and tags.
 
 Pipeline (memory stays flat in the number of learners):
 
-    RawSource listing -> learners sorted by id -> batches of learners -> worker processes
+    RawSource listing -> learners sorted by id (ednet_listing) -> batches of learners -> worker processes
       (read the members in place, one pyarrow.csv parse per batch on the concatenated
        bodies, numpy for every feature) -> results in order -> ParquetWriter, one row
        group per batch -> splits + manifest (only the learner ids are kept meanwhile)
@@ -46,6 +46,7 @@ counted in "skipped".
 Modules (each one concept, read in this order):
     archive.py          listing the raw source, reading members in place (folder, zip, tar)
     ednet_format.py     columns, codes, `Drops` (dropped rows per reason)
+    ednet_listing.py    the source's contents files and learner files, grouped by learner (flat arrays)
     ednet_contents.py   questions.csv + lectures.csv -> `Contents`
     ednet_rows.py       learner files -> checked rows
     ednet_interactions.py checked rows -> interactions (features, KT1 merge, the output table)
@@ -56,14 +57,12 @@ Modules (each one concept, read in this order):
 
 from __future__ import annotations
 
-import re
 import shutil
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -73,15 +72,14 @@ from dsrsd_cli import __version__
 from dsrsd_cli.data.archive import RawSource
 from dsrsd_cli.data.ednet_contents import Contents, parse_contents
 from dsrsd_cli.data.ednet_format import Drops, SourceVocab, location
-from dsrsd_cli.data.ednet_rows import LearnerFile
+from dsrsd_cli.data.ednet_listing import Learners, list_source
 from dsrsd_cli.data.ednet_store import StoreWriter, write_store
-from dsrsd_cli.data.ednet_workers import Runner
+from dsrsd_cli.data.ednet_workers import Runner, system_memory_pool
 from dsrsd_cli.data.schema import EDNET_INTERACTIONS, EDNET_SPLITS, SCHEMA_VERSION
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.io import atomic_dir, write_json
 from dsrsd_cli.memory import trim_heap
 
-_LEVEL_DIR = re.compile(r"^(?:ednet[-_])?kt([1-4])$", re.IGNORECASE)
 # Dictionary-encode only the low-cardinality columns and keep statistics for the sort keys:
 # halves the write time of the defaults for the same file size.
 PARQUET_OPTIONS = dict(
@@ -116,28 +114,29 @@ def prepare_ednet(
     runner, ok = Runner(workers), False  # the workers start while the source is listed
     try:
         source, display, learners, contents, drops = _read_source(raw, strict)
-        learners = learners[:max_users]
-        with atomic_dir(out, force=force) as tmp:
+        learners = learners.head(max_users)
+        n = len(learners)
+        with system_memory_pool(), atomic_dir(out, force=force) as tmp:
             pq.write_table(contents.questions, tmp / "questions.parquet")
             pq.write_table(contents.lectures, tmp / "lectures.parquet")  # the workers read both
             # a tar's learner files are copied out once, into the temporary output folder
-            reader = source.random_access((lf.name for _, files in learners for lf in files), tmp / ".spool")
+            reader = source.random_access(learners.file_names(source), tmp / ".spool")
             # ~120K answers a batch either way (EdNet: ~120 answers per KT1 learner, ~440
             # actions per KT2-4 learner); independent of `workers`, and so is the output
-            actions = sum(any(lf.level != 1 for lf in files) for _, files in learners)
-            size = batch_size or (250 if actions > len(learners) // 2 else 1000)
-            tasks = ((learners[i : i + size], strict, display, reader, str(tmp)) for i in range(0, len(learners), size))
+            size = batch_size or (250 if learners.with_action_logs() > n // 2 else 1000)
+            tasks = ((learners.batch(i, min(i + size, n), source), strict, display, reader, str(tmp)) for i in range(0, n, size))
             if progress:
-                progress(0, len(learners))
+                progress(0, n)
             store = StoreWriter(tmp)   # the training arrays, from what the workers computed
-            totals = _write_interactions(runner.map(tasks), tmp / "interactions.parquet", drops, progress, size,
-                                         len(learners), store)
+            totals = _write_interactions(runner.map(tasks), tmp / "interactions.parquet", drops, progress, size, n, store)
+            runner.close(ok=True)   # their memory is free for the splits and the manifest
             shutil.rmtree(tmp / ".spool", ignore_errors=True)
-            if not totals.users:
+            users = np.concatenate(totals.users)
+            if not len(users):
                 raise BadInput(f"{raw}: no usable answers in the learner files (dropped: {dict(drops.counts)}); "
                                "check them against the EdNet format")
             manifest = finish_folder(
-                tmp, users=totals.users, seed=seed,
+                tmp, users=users, seed=seed,
                 source={"kind": source.kind, "path": str(raw), "files": source.fingerprint(), "kt_levels": sorted(totals.levels)},
                 counts={"rows_in": totals.rows_in,     # data lines of the learner files read
                         "rows_out": totals.rows_out,   # interactions written
@@ -156,18 +155,18 @@ def prepare_ednet(
 
 
 # ---------------------------------------------------------------- listing the source
-def _read_source(raw: Path, strict: bool) -> tuple[RawSource, str, list, Contents, Drops]:
+def _read_source(raw: Path, strict: bool) -> tuple[RawSource, str, Learners, Contents, Drops]:
     """List the source (one pass over its names), parse the contents files."""
     source = RawSource.open(raw)
     drops = Drops(strict)
     for name in source.refused:
         drops.add("unsafe_path", location(f"{raw}:{name}"), "archive member path escapes the folder (refused, not read)")
     display = f"{raw}/" if source.kind == "dir" else f"{raw}:"  # how messages name a member
-    found, learners = _list_source(source.names, source.entries, drops, display)
+    found, learners = list_source(source, drops, display)
     drops.raise_first()
     if "questions.csv" not in found:
         raise BadInput(f"{raw}: questions.csv not found; add the EdNet contents files (questions.csv, lectures.csv)")
-    if not learners:
+    if not len(learners):
         raise BadInput(f"{raw}: no learner files (u*.csv) found; expected KT1/u1.csv ... or KT4/u1.csv ...")
     data = dict(source.iter_bytes(found.values()))
     q_name, l_name = found["questions.csv"], found.get("lectures.csv")
@@ -176,53 +175,10 @@ def _read_source(raw: Path, strict: bool) -> tuple[RawSource, str, list, Content
     return source, display, learners, contents, drops
 
 
-def _list_source(names: list[str], members: dict, drops: Drops, display: str) -> tuple[dict[str, str], list]:
-    """One pass over the member names: the contents files (the shallowest questions.csv and
-    lectures.csv) and the learner files u*.csv grouped by learner, learners sorted by id."""
-    contents: dict[str, str] = {}
-    by_user: dict[str, dict[int, LearnerFile]] = {}
-    levels: dict[str, int] = {}  # folder -> KT level (EdNet: a few folders, 784K files)
-    for name in names:
-        folder, _, base = name.rpartition("/")
-        if base in ("questions.csv", "lectures.csv"):
-            if base not in contents or (name.count("/"), name) < (contents[base].count("/"), contents[base]):
-                contents[base] = name
-            continue
-        if base[:1] not in "uU" or base[-4:].lower() != ".csv":
-            continue
-        level = levels.get(folder)
-        if level is None:
-            level = levels[folder] = _folder_level(name)
-        user = base[:-4]
-        files = by_user.get(user)
-        if files is None:
-            files = by_user[user] = {}
-        elif level in files:
-            drops.add("duplicate_file", location(display + name), f"a second file for learner {user} at level "
-                      f"KT{level or '?'} (kept {files[level].name})")
-            continue
-        files[level] = LearnerFile(name, level, members.get(name))
-    learners = [(u, [files[k] for k in sorted(files)]) for u, files in by_user.items()]
-    learners.sort(key=lambda x: _user_order(x[0]))
-    return contents, learners
-
-
-def _folder_level(name: str) -> int:
-    for part in reversed(name.split("/")[:-1]):
-        if m := _LEVEL_DIR.match(part):
-            return int(m.group(1))
-    return 0
-
-
-def _user_order(user: str) -> tuple[int, str]:
-    digits = user[1:]
-    return (int(digits), user) if digits.isdigit() else (sys.maxsize, user)
-
-
 # ---------------------------------------------------------------- writing
 @dataclass
 class _Totals:
-    users: list = field(default_factory=list)  # learners with rows, in output order (for the splits)
+    users: list = field(default_factory=lambda: [np.zeros(0, str)])  # per batch, learners with rows (for the splits)
     sources: SourceVocab = field(default_factory=SourceVocab)
     levels: set = field(default_factory=set)   # KT levels of the files read
     rows_in: int = 0
@@ -245,7 +201,7 @@ def _write_interactions(results: Iterable[dict], path: Path, drops: Drops, progr
                     names, codes, arrays = result["arrays"]
                     local = np.array([0, *(totals.sources.index(s) for s in result["sources"])], np.int8)
                     store.add(names, codes, {**arrays, "source": local[arrays["source"]]})
-            totals.users.extend(result["users"])
+            totals.users.append(np.array(result["users"], dtype=str))   # 4 bytes a character, not a str object
             totals.levels |= result["levels"]
             totals.rows_in += result["rows_in"]
             totals.rows_out += table.num_rows
@@ -259,7 +215,7 @@ def _write_interactions(results: Iterable[dict], path: Path, drops: Drops, progr
     return totals
 
 
-def finish_folder(tmp: Path, *, users: list[str], seed: int, source: dict, counts: dict, vocab: dict,
+def finish_folder(tmp: Path, *, users: Sequence[str] | np.ndarray, seed: int, source: dict, counts: dict, vocab: dict,
                   more: dict | None = None, extra_manifest: dict | None = None, store: StoreWriter | None = None) -> dict:
     """splits.parquet, the training arrays (arrays/, data/ednet_store.py) and manifest.json of an
     EdNet-schema folder (prepare ednet, riiid, custom); returns the manifest. `store`: the
@@ -287,12 +243,11 @@ def finish_folder(tmp: Path, *, users: list[str], seed: int, source: dict, count
     return manifest
 
 
-def _write_splits(users: list[str], seed: int, path: Path) -> dict[str, int]:
+def _write_splits(users: Sequence[str] | np.ndarray, seed: int, path: Path) -> dict[str, int]:
     from dsrsd_cli.data.splits import learner_split, split_sizes
 
-    split = learner_split(users, seed=seed)
-    rank = {u: i for i, u in enumerate(users)}
-    split = split.sort_values("learner", key=lambda s: s.map(rank))  # learners in output order
+    ids, first = np.unique(np.asarray(users, dtype=str), return_index=True)       # ids sorted, as learner_split's
+    split = learner_split(ids.tolist(), seed=seed).iloc[np.argsort(first)]          # learners in output order
     pq.write_table(pa.table({"user": pa.array(split["learner"].tolist(), pa.string()),
                              "split": pa.array(split["split"].tolist(), pa.string()),
                              "fold": pa.array(split["fold"].to_numpy(np.int8))}, schema=EDNET_SPLITS), path)

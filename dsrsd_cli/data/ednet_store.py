@@ -172,27 +172,37 @@ class StoreWriter:
         shutil.rmtree(self.partial, ignore_errors=True)
         self.partial.mkdir(parents=True)
         self.files: dict[str, _NpyAppender] = {"bundle_starts": _NpyAppender(self.partial / "bundle_starts.npy", np.int64, ())}
-        self.users: list[str] = []
+        self.users: list[np.ndarray] = []       # per chunk, (learners,) str: compact, unlike a list of str
         self.user_start: list[np.ndarray] = []
         self.user_length: list[np.ndarray] = []
         self.rows = 0
-        self.grouped = True     # False once a learner's rows were not contiguous or out of order
-        self._seen: set[str] = set()
+        self.in_order = True   # False once a chunk's learner rows were not contiguous or out of position order
+        self._unique_upto = 0   # chunks of self.users already checked for a learner seen twice
+
+    @property
+    def grouped(self) -> bool:
+        """True while every learner's rows came in one chunk, contiguous and in position order
+        (else finish_folder computes the arrays from the Parquet file instead). A learner in two
+        chunks is looked for here, over the chunks added since the last look: once, at the end."""
+        if self.in_order and self._unique_upto < len(self.users):
+            users = np.concatenate(self.users)
+            self.in_order = len(np.unique(users)) == len(users)
+            self._unique_upto = len(self.users)
+        return self.in_order
 
     def add(self, names, user_code: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
         """One chunk: (n,) `user_code` into `names`, grouped by learner, and its (n, ...) arrays."""
         n = len(user_code)
-        if not n or not self.grouped:
+        if not n or not self.in_order:
             return
         new_user = np.ones(n, dtype=bool)
         new_user[1:] = user_code[1:] != user_code[:-1]
         first = np.flatnonzero(new_user)
-        users = [str(names[c]) for c in user_code[first]]
+        users = np.array([str(names[c]) for c in user_code[first]], dtype=str)
         position = arrays["position"]
-        if len(set(users)) < len(users) or self._seen.intersection(users) or (~new_user[1:] & (position[1:] <= position[:-1])).any():
-            self.grouped = False         # finish_folder computes the arrays from the Parquet file instead
+        if len(np.unique(users)) < len(users) or (~new_user[1:] & (position[1:] <= position[:-1])).any():
+            self.in_order = False
             return
-        self._seen.update(users)
         for name, values in arrays.items():
             if name not in self.files:
                 if self.rows:
@@ -202,7 +212,7 @@ class StoreWriter:
         new_bundle = new_user.copy()
         new_bundle[1:] |= arrays["bundle"][1:] != arrays["bundle"][:-1]
         self.files["bundle_starts"].append(np.flatnonzero(new_bundle).astype(np.int64) + self.rows)
-        self.users.extend(users)
+        self.users.append(users)
         self.user_start.append(first.astype(np.int64) + self.rows)
         self.user_length.append(np.diff(np.append(first, n)).astype(np.int64))
         self.rows += n
@@ -212,7 +222,8 @@ class StoreWriter:
         for f in self.files.values():
             f.close()
         empty = np.zeros(0, np.int64)
-        learners = pa.table({"user": pa.array(self.users, pa.string()),
+        users = np.concatenate(self.users) if self.users else np.zeros(0, str)
+        learners = pa.table({"user": pa.array(users.tolist(), pa.string()),
                              "start": pa.array(np.concatenate(self.user_start) if self.user_start else empty),
                              "length": pa.array(np.concatenate(self.user_length) if self.user_length else empty)})
         with ipc.new_file(str(self.partial / "learners.arrow"), learners.schema) as writer:
@@ -224,7 +235,7 @@ class StoreWriter:
         self.partial.rename(out)
         shutil.rmtree(old, ignore_errors=True)
         columns = {name: f for name, f in self.files.items() if name != "bundle_starts"}
-        return {"version": STORE_VERSION, "rows": self.rows, "learners": len(self.users),
+        return {"version": STORE_VERSION, "rows": self.rows, "learners": len(users),
                 "bundle_runs": self.files["bundle_starts"].count,
                 "columns": {name: {"dtype": str(f.dtype), "shape": [f.count, *f.tail]} for name, f in columns.items()},
                 "sources": {name: fp for name in SOURCE_FILES if (fp := fingerprint(self.folder / name)) is not None}}
@@ -287,8 +298,10 @@ def _write(prepared: Prepared, chunks) -> dict:
             names, user_code, arrays = chunk_arrays(rules, table)
             arrays.update(custom_arrays(prepared, list(names), user_code, arrays["position"]))
             writer.add(names, user_code, arrays)
-            if not writer.grouped:      # learners interleaved or out of position order
+            if not writer.in_order:    # learners interleaved or out of position order: stop early
                 raise _NotGrouped
+        if not writer.grouped:          # a learner in two chunks
+            raise _NotGrouped
     except BaseException:
         writer.abort()
         raise

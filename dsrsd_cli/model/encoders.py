@@ -262,8 +262,9 @@ class EdNetEncoders(nn.Module):
     own modality's memory (the classic per-modality encoder). Queries are filled after
     encoding (MultimodalModel), where an absent unit's h becomes its absent token anyway.
 
-    forward(batch, present, absent) -> modality -> Encoded, h (B, T, d) (views into one (M, B, T, d)
-    tensor); present: modality -> (B, T) bool, None = as the batch says.
+    forward(batch, present, absent, needed) -> modality -> Encoded, h (B, T, d) (views into one
+    (M, B, T, d) tensor); present: modality -> (B, T) bool, None = as the batch says; needed
+    (B, T) bool: the steps the caller reads (others come out as zeros), None = all.
     """
 
     def __init__(self, *, views: dict[str, nn.Module], core: CausalInteractionEncoder, joint_memory: bool) -> None:
@@ -272,8 +273,8 @@ class EdNetEncoders(nn.Module):
         self.core = core
         self.joint_memory = joint_memory
 
-    def forward(self, batch: Batch, present: dict[str, Tensor] | None = None, absent: Absent | None = None
-                ) -> dict[str, Encoded]:
+    def forward(self, batch: Batch, present: dict[str, Tensor] | None = None, absent: Absent | None = None,
+                needed: Tensor | None = None) -> dict[str, Encoded]:
         views = {m: view_of(batch) for m, view_of in self.views.items()}
         query = torch.stack([v.query for v in views.values()])                             # (M, B, T, d)
         memory = torch.stack([v.memory for v in views.values()])                           # (M, B, T, d)
@@ -282,7 +283,7 @@ class EdNetEncoders(nn.Module):
             memory = sum(v.memory if absent is None else absent.fill(m, v.memory, present[m])
                          for m, v in views.items()).unsqueeze(0)                           # (1, B, T, d)
         h = self.core(View(query, memory), batch.context["response"], batch.context["bundle_group"], batch.valid,
-                      batch.context.get("hours"))
+                      batch.context.get("hours"), needed=needed)
         return {m: Encoded(h=h[i], tokens=h[i], token_mask=batch.valid) for i, m in enumerate(self.views)}
 
 
@@ -410,7 +411,8 @@ class OuladEncoders(nn.Module):
     sequence is built; an absent modality contributes only its absent token): the set
     analogue of EdNet's joint interaction memory. Each encoder keeps its own weights and
     summary token, so h_m is still "modality m's reading" of the row.
-    forward(batch, present, absent) -> modality -> Encoded, h (B, d); present: modality -> (B,) bool.
+    forward(batch, present, absent, needed) -> modality -> Encoded, h (B, d); present: modality ->
+    (B,) bool; needed: unused (a row is one unit, always read).
     """
 
     def __init__(self, *, encoders: dict[str, "OuladEncoder"], d: int, joint_memory: bool) -> None:
@@ -419,8 +421,8 @@ class OuladEncoders(nn.Module):
         self.joint_memory = joint_memory
         self.marker = nn.ParameterDict({m: nn.Parameter(torch.randn(d) * 0.02) for m in encoders}) if joint_memory else None
 
-    def forward(self, batch: Batch, present: dict[str, Tensor] | None = None, absent: Absent | None = None
-                ) -> dict[str, Encoded]:
+    def forward(self, batch: Batch, present: dict[str, Tensor] | None = None, absent: Absent | None = None,
+                needed: Tensor | None = None) -> dict[str, Encoded]:
         if not self.joint_memory:
             return {m: encoder(batch) for m, encoder in self.each.items()}
         present = present or {m: batch.present[m].bool() for m in self.each}

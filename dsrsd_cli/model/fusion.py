@@ -126,8 +126,22 @@ class Fusion(nn.Module):
     A fusion without streams ignores `ablate`.
     """
 
+    # True when the fusion reads the encodings of steps other than the scored ones (attention
+    # across steps): then evaluation encodes every step (see needed_steps).
+    reads_every_step = False
+
     def ablatable_streams(self) -> list[str]:
         return []
+
+
+def needed_steps(batch: Batch, *, training: bool, reads_every_step: bool) -> Tensor | None:
+    """(B, T) bool: the EdNet steps whose encodings evaluation reads, the scored ones (the core
+    then skips the others, about half of an evaluation batch); None = encode every step. In
+    training every step is encoded, so that dropout draws, and every trained model, stay as
+    they were."""
+    if training or reads_every_step or batch.mask.dim() < 2:
+        return None
+    return batch.mask.bool()
 
 
 class MultimodalModel(nn.Module):
@@ -154,7 +168,8 @@ class MultimodalModel(nn.Module):
 
     def forward(self, batch: Batch, *, ablate: frozenset[str] = frozenset()) -> ModelOutput:
         present = effective_presence(batch, self.modalities, training=self.training, p=self.modality_dropout)
-        encoded = self.encoders(batch, present, self.absent)
+        needed = needed_steps(batch, training=self.training, reads_every_step=self.fusion.reads_every_step)
+        encoded = self.encoders(batch, present, self.absent, needed=needed)
         encoded = {m: self.absent.fill_encoded(m, encoded[m], present[m]) for m in self.modalities}
         return self.fusion(encoded, present, batch, ablate=ablate)
 
@@ -362,6 +377,8 @@ class CoAttentionFusion(Fusion):
     mean over modalities -> head.
     """
 
+    reads_every_step = True   # per step, it attends to the encodings of earlier steps
+
     def __init__(self, *, modalities: tuple[str, ...], d: int, n_heads: int, n_outputs: int, dropout: float,
                  per_step: bool) -> None:
         super().__init__()
@@ -426,8 +443,9 @@ class EarlyFusionEdNet(nn.Module):
             query = query + self.absent.fill(m, view.query, here)
             memory = memory + self.absent.fill(m, view.memory, here)
         one = View(query.unsqueeze(0), memory.unsqueeze(0))                          # a stack of one: (1, B, T, d) x2
+        needed = needed_steps(batch, training=self.training, reads_every_step=False)
         h = self.core(one, batch.context["response"], batch.context["bundle_group"], batch.valid,
-                      batch.context.get("hours"))[0]                                                  # (B, T, d)
+                      batch.context.get("hours"), needed=needed)[0]                                  # (B, T, d)
         return ModelOutput(to_logits(self.head(h.reshape(-1, h.shape[-1])), batch), {"losses": {}})
 
 

@@ -83,9 +83,13 @@ class CausalInteractionEncoder(nn.Module):
         )
         self.ln_out = StackedLayerNorm(stacks=stacks, d=d)
 
-    def forward(self, view: View, response: Tensor, bundle_group: Tensor, valid: Tensor, hours: Tensor | None = None) -> Tensor:
+    def forward(self, view: View, response: Tensor, bundle_group: Tensor, valid: Tensor, hours: Tensor | None = None,
+                needed: Tensor | None = None) -> Tensor:
         """view.memory may be (S, B, T, d) or (1, B, T, d): one joint memory read by every stack.
-        hours (B, T) float: when each step was shown (None: no time passes, only steps)."""
+        hours (B, T) float: when each step was shown (None: no time passes, only steps).
+        needed (B, T) bool: the steps whose encoding is read (None: all). Only the spans of
+        whole QUERY_GRAIN steps that hold them are encoded; the other steps come out as zeros
+        (_query_groups)."""
         S, B, T, d = view.query.shape
         if T > self.max_len:
             raise BadInput(f"EdNet window of {T} steps is longer than the model's max_len {self.max_len}; "
@@ -99,23 +103,36 @@ class CausalInteractionEncoder(nn.Module):
         memory = torch.cat([start, self.dropout(memory)], dim=2)                          # (S, B, 1+T, d)
         visible = earlier_bundles(bundle_group, valid)                                    # (B, T, T)
         visible = torch.cat([visible.new_ones(B, T, 1), visible], dim=-1)                 # (B, T, 1+T): start slot
-        bias = self._bias(visible, bundle_group, hours)                                   # (B, S*H, T, 1+T)
+        groups = _query_groups(needed, QUERY_GRAIN) if needed is not None else None
+        if groups is None or (len(groups) == 1 and len(groups[0][0]) == B and groups[0][1:] == (0, T)):
+            return self._encode(x, memory, self._bias(visible, bundle_group, hours))
+        h = x.new_zeros(S, B, T, d)
+        for rows, j0, j1 in groups:   # the windows whose needed steps lie in [j0, j1)
+            group_hours = None if hours is None else hours.index_select(0, rows)
+            bias = self._bias(visible.index_select(0, rows)[:, j0:j1], bundle_group.index_select(0, rows), group_hours,
+                              queries=slice(j0, j1))
+            h[:, rows, j0:j1] = self._encode(x.index_select(1, rows)[:, :, j0:j1], memory.index_select(1, rows), bias)
+        return h
+
+    def _encode(self, x: Tensor, memory: Tensor, bias: Tensor) -> Tensor:
+        """x (S, n, L, d) queries, memory (S | 1, n, 1+T, d), bias (n, S*H, L, 1+T) -> (S, n, L, d)."""
         for block in self.blocks:
             x = block(x, bias, context=memory)
         return self.ln_out(x)
 
-    def _bias(self, visible: Tensor, bundle_group: Tensor, hours: Tensor | None) -> Tensor:
-        """(B, T, 1+T) bool, (B, T) x2 -> (B, S*H, T, 1+T): the additive attention bias. Each
-        head's score of key t' falls by its rates times log(1 + bundles) and log(1 + hours)
-        between t' and query t (0 for the start slot); -inf where t' is not visible.
+    def _bias(self, visible: Tensor, bundle_group: Tensor, hours: Tensor | None, queries: slice = slice(None)) -> Tensor:
+        """(B, Lq, 1+T) bool, (B, T) x2 -> (B, S*H, Lq, 1+T): the additive attention bias of the
+        query steps `queries` (all T by default). Each head's score of key t' falls by its rates
+        times log(1 + bundles) and log(1 + hours) between t' and query t (0 for the start slot);
+        -inf where t' is not visible.
 
-        Written by one matmul of the (S*H, clocks) rates with the (clocks, T(1+T)) distances of
+        Written by one matmul of the (S*H, clocks) rates with the (clocks, Lq(1+T)) distances of
         each learner: at eval batch sizes the bias is the largest tensor of the core, and a
         multiply and an add per clock over it took a quarter of the forward pass.
         """
 
-        def log_distance(x: Tensor) -> Tensor:                                   # (B, T) -> (B, T(1+T))
-            gap = (x.unsqueeze(2) - x.unsqueeze(1)).float().clamp(min=0)         # keys after t: masked anyway
+        def log_distance(x: Tensor) -> Tensor:                                   # (B, T) -> (B, Lq(1+T))
+            gap = (x[:, queries].unsqueeze(2) - x.unsqueeze(1)).float().clamp(min=0)   # keys after t: masked anyway
             return F.pad(torch.log1p(gap), (1, 0)).flatten(1)
 
         clocks, rates = [log_distance(bundle_group)], [torch.cat(list(self.decay))]
@@ -123,6 +140,34 @@ class CausalInteractionEncoder(nn.Module):
             clocks.append(log_distance(hours))
             rates.append(torch.cat(list(self.decay_time)))
         fall = -F.softplus(torch.stack(rates, dim=1))                            # (S*H, clocks)
-        bias = torch.matmul(fall, torch.stack(clocks, dim=1))                    # (B, S*H, T(1+T))
-        B, T = bundle_group.shape
-        return bias.view(B, -1, T, 1 + T).masked_fill_(~visible.unsqueeze(1), float("-inf"))
+        bias = torch.matmul(fall, torch.stack(clocks, dim=1))                    # (B, S*H, Lq(1+T))
+        B, Lq, T1 = visible.shape
+        return bias.view(B, -1, Lq, T1).masked_fill_(~visible.unsqueeze(1), float("-inf"))
+
+
+# Needed steps are encoded in spans of whole QUERY_GRAIN steps: finer spans skip more unread
+# steps but split a batch into more groups (more, smaller kernel calls).
+QUERY_GRAIN = 10
+
+
+def _query_groups(needed: Tensor, grain: int) -> list[tuple[Tensor, int, int]]:
+    """(B, T) bool -> [(rows (n,) long, j0, j1)]: each window with a needed step, grouped with
+    the windows whose needed steps span the same grain-aligned steps [j0, j1).
+
+    A query's encoding depends on its own step and the memory only (the memory is not updated
+    by the blocks), so encoding just these steps gives them exactly what encoding all would.
+    Evaluation needs the scored steps alone: an EdNet window's context steps were scored in the
+    window before, and its padding never; together half of an evaluation batch's steps.
+    """
+    B, T = needed.shape
+    has = needed.any(1)
+    first = needed.int().argmax(1)                                               # (B,) first needed step
+    last = T - 1 - needed.flip(1).int().argmax(1)                                # (B,) last needed step
+    j0 = torch.div(first, grain, rounding_mode="floor") * grain
+    j1 = (torch.div(last, grain, rounding_mode="floor") * grain + grain).clamp(max=T)
+    key = torch.where(has, j0 * (T + 1) + j1, -1)
+    groups = []
+    for k in key.unique().tolist():
+        if k >= 0:
+            groups.append(((key == k).nonzero().squeeze(1), k // (T + 1), k % (T + 1)))
+    return groups

@@ -31,7 +31,8 @@ dsrsd_cli/data/*.py is unchanged (--redo-prepare measures it again):
              time of one epoch over every train batch.
 Memory of a command: peak RSS (and PSS) summed over its whole process tree (the child, the
 prepare workers, torchrun and its workers), and the peak RSS of any one process in it, from
-/proc every 40 ms (prepare_bench._tree). --train-timeout kills a train command (its process
+/proc every 40 ms (prepare_bench._tree; PSS every second, as reading it slows the measured
+command). --train-timeout kills a train command (its process
 group) and reports it as killed.
 
 Targets (issue 12; 2 cores): prepare >= 1,000,000 answers/s end to end and peak RSS < 1 GB
@@ -72,7 +73,7 @@ ZIP_BYTES_PER_LEARNER, PREPARED_BYTES_PER_LEARNER = 1_800, 14_000
 
 class TreeSampler(threading.Thread):
     """Peak RSS and PSS summed over a process tree, peak RSS of any one process in it, and
-    the CPU seconds of the tree, sampled every `interval` seconds."""
+    the CPU seconds of the tree, sampled every `interval` seconds (PSS every PSS_EVERY-th)."""
 
     def __init__(self, pid: int, interval: float = 0.04):   # one sample: ~1-2 ms of CPU
         super().__init__(daemon=True)
@@ -81,10 +82,14 @@ class TreeSampler(threading.Thread):
         self.proc = ""   # the command line of the process with the peak RSS
         self.cpu: dict[int, float] = {}
 
+    PSS_EVERY = 25   # samples: PSS (smaps_rollup) is costly to read, RSS (statm) is not
+
     def run(self) -> None:
+        n = 0
         while not self.done.is_set():
-            rss, pss, tree = _tree(self.pid)
+            rss, pss, tree = _tree(self.pid, with_pss=n % self.PSS_EVERY == 0)
             self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
+            n += 1
             top, pid = max((_rss(p), p) for p in tree)
             if top > self.proc_rss:
                 self.proc_rss, self.proc = top, _cmdline(pid)

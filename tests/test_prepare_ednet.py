@@ -404,6 +404,16 @@ def test_max_users_and_force(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_prepare_gives_back_the_arrow_memory_pool_it_found(tmp_path):
+    """prepare allocates Arrow buffers from malloc (ednet_workers.system_memory_pool) and leaves
+    the caller's process with the pool it had."""
+    import pyarrow as pa
+
+    before = pa.default_memory_pool().backend_name
+    prepare_ednet(FIX, tmp_path / "out", workers=1, max_users=2)
+    assert pa.default_memory_pool().backend_name == before
+
+
 def test_two_workers_identical(prepared, tmp_path):
     out, _, table = prepared
     # batches of 2 learners so that both workers get several

@@ -429,7 +429,7 @@ _RUN = """
 import sys
 from pathlib import Path
 from dsrsd_cli.data.ednet import prepare_ednet
-prepare_ednet(Path(sys.argv[1]), Path(sys.argv[2]), workers=int(sys.argv[3]), batch_size=20)
+prepare_ednet(Path(sys.argv[1]), Path(sys.argv[2]), workers=int(sys.argv[3]), batch_size=5)  # 600 batches: time to interrupt
 """
 
 

@@ -429,7 +429,11 @@ _RUN = """
 import sys
 from pathlib import Path
 from dsrsd_cli.data.ednet import prepare_ednet
-prepare_ednet(Path(sys.argv[1]), Path(sys.argv[2]), workers=int(sys.argv[3]), batch_size=5)  # 600 batches: time to interrupt
+import time
+# a pause after each batch (the progress callback): the run lasts seconds, so the signal lands
+# while it writes, on a fast or a busy machine alike
+prepare_ednet(Path(sys.argv[1]), Path(sys.argv[2]), workers=int(sys.argv[3]), batch_size=20,
+              progress=lambda done, total: time.sleep(0.02))
 """
 
 
@@ -467,6 +471,7 @@ def test_interrupted_run_leaves_no_output(tmp_path, sig, workers):
             assert time.time() < deadline, "prepare started no output within 180 s"
             time.sleep(0.02)
         if child.poll() is not None:  # finished before it could be interrupted: try again
+            assert child.returncode == 0, f"prepare failed before the signal (exit {child.returncode})"
             shutil.rmtree(out, ignore_errors=True)
             continue
         helpers = _descendants(child.pid)

@@ -429,7 +429,10 @@ _RUN = """
 import sys
 from pathlib import Path
 from dsrsd_cli.data.ednet import prepare_ednet
-import time
+import signal, time
+# a shell's background job (CI launched with &) ignores SIGINT, and a child inherits that: Ctrl-C
+# must reach this run as it reaches a user's
+signal.signal(signal.SIGINT, signal.default_int_handler)
 # a pause after each batch (the progress callback): the run lasts seconds, so the signal lands
 # while it writes, on a fast or a busy machine alike
 prepare_ednet(Path(sys.argv[1]), Path(sys.argv[2]), workers=int(sys.argv[3]), batch_size=20,

@@ -3,12 +3,13 @@ level, duplicates dropped, batches built with each member's zip coordinates."""
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from dsrsd_cli.data.archive import RawSource
+from dsrsd_cli.data.archive import MemberReader, RawSource
 from dsrsd_cli.data.ednet_format import Drops
 from dsrsd_cli.data.ednet_listing import list_source
 
@@ -54,10 +55,6 @@ def test_an_empty_listing_has_no_learners():
 
 
 def test_zip_coordinates_reach_each_file_and_a_twice_listed_name_reads_its_last_entry(tmp_path):
-    import warnings
-
-    from dsrsd_cli.data.archive import MemberReader
-
     path = tmp_path / "raw.zip"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("KT1/u2.csv", b"first")

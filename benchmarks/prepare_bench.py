@@ -114,6 +114,14 @@ def write_kt4_zip(path: Path, n_learners: int, *, seed: int = 0) -> int:
     return total
 
 
+def _rss(pid: int) -> int:
+    """A process's resident bytes (0 once it has exited), from statm: cheap to read."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _tree(pid: int, with_pss: bool = True) -> tuple[int, int, dict[int, float]]:
     """(RSS, PSS) in bytes of a process and all its descendants, and the CPU seconds used
     so far by each of them, from /proc. RSS counts the pages that the forked workers share
@@ -140,11 +148,7 @@ def _tree(pid: int, with_pss: bool = True) -> tuple[int, int, dict[int, float]]:
         todo.extend(children.get(p, []))
         tree[p] = cpu.get(p, 0.0)
         if not with_pss:
-            try:
-                with open(f"/proc/{p}/statm") as f:
-                    rss += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            except (OSError, IndexError, ValueError):
-                pass
+            rss += _rss(p)
             continue
         try:
             with open(f"/proc/{p}/smaps_rollup") as f:

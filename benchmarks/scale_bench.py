@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prepare_bench import _tree, write_kt1_zip, write_kt4_zip  # noqa: E402
+from prepare_bench import _rss, _tree, write_kt1_zip, write_kt4_zip  # noqa: E402
 
 FULL_KT1 = 784_309
 MB = 2**20
@@ -101,13 +101,6 @@ class TreeSampler(threading.Thread):
         self.join()
         return {"peak_tree_rss_mb": self.rss / MB, "peak_tree_pss_mb": self.pss / MB,
                 "peak_process_rss_mb": self.proc_rss / MB, "peak_process": self.proc, "tree_cpu_s": sum(self.cpu.values())}
-
-
-def _rss(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def _cmdline(pid: int) -> str:

@@ -240,7 +240,7 @@ def zip_members(path: Path) -> dict[str, ZipEntry]:
     """name -> (local header offset, compressed size, method, crc) from a zip's central
     directory (for a name listed twice, the last entry)."""
     names, coords = _zip_listing(path)
-    return {name: tuple(int(v) for v in row) for name, row in zip(names, coords)}
+    return {name: tuple(row) for name, row in zip(names, coords.tolist())}
 
 
 def _zip_listing(path: Path) -> tuple[list[str], np.ndarray]:

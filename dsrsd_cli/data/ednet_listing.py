@@ -88,9 +88,9 @@ def list_source(source: RawSource, drops: Drops, display: str) -> tuple[dict[str
     del user
     rank = np.empty(len(ids), np.int64)
     rank[_by_number(ids)] = np.arange(len(ids))
-    index_a, level_a = np.frombuffer(index, np.int64), np.frombuffer(level, np.int8)
-    order = np.lexsort((index_a, level_a, rank[of_file.reshape(-1)]))          # by learner, level, name
-    learner, files, levels = rank[of_file.reshape(-1)][order], index_a[order], level_a[order]
+    index_a, level_a, learner_a = np.frombuffer(index, np.int64), np.frombuffer(level, np.int8), rank[of_file.reshape(-1)]
+    order = np.lexsort((index_a, level_a, learner_a))                            # by learner, level, name
+    learner, files, levels = learner_a[order], index_a[order], level_a[order]
     again = np.zeros(len(order), bool)
     again[1:] = (learner[1:] == learner[:-1]) & (levels[1:] == levels[:-1])
     for k in np.flatnonzero(again).tolist():                                     # rare: report each
@@ -100,10 +100,10 @@ def list_source(source: RawSource, drops: Drops, display: str) -> tuple[dict[str
         name, kept = source.names[int(files[k])], source.names[int(files[first])]
         drops.add("duplicate_file", location(display + name), f"a second file for learner {name.rpartition('/')[2][:-4]} "
                   f"at level KT{int(levels[k]) or '?'} (kept {kept})")
-    learner, files, levels = learner[~again], files[~again], levels[~again].copy()
+    learner, files, levels = learner[~again], files[~again], levels[~again]
     users = ids[np.argsort(rank)]
     starts = np.searchsorted(learner, np.arange(len(users) + 1)).astype(np.int64)
-    return contents, Learners(users=users, starts=starts, files=files.copy(), levels=levels)
+    return contents, Learners(users=users, starts=starts, files=files, levels=levels)
 
 
 def _by_number(ids: np.ndarray) -> list[int]:

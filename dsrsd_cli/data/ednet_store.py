@@ -183,7 +183,8 @@ class StoreWriter:
     def grouped(self) -> bool:
         """True while every learner's rows came in one chunk, contiguous and in position order
         (else finish_folder computes the arrays from the Parquet file instead). A learner in two
-        chunks is looked for here, over the chunks added since the last look: once, at the end."""
+        chunks is looked for here, across all chunks, when chunks came since the last look: in
+        practice once, at the end."""
         if self.in_order and self._unique_upto < len(self.users):
             users = np.concatenate(self.users)
             self.in_order = len(np.unique(users)) == len(users)

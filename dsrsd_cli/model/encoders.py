@@ -264,7 +264,8 @@ class EdNetEncoders(nn.Module):
 
     forward(batch, present, absent, needed) -> modality -> Encoded, h (B, T, d) (views into one
     (M, B, T, d) tensor); present: modality -> (B, T) bool, None = as the batch says; needed
-    (B, T) bool: the steps the caller reads (others come out as zeros), None = all.
+    (B, T) bool: the steps the caller reads (steps outside the spans that hold them come out as
+    zeros; CausalInteractionEncoder), None = all.
     """
 
     def __init__(self, *, views: dict[str, nn.Module], core: CausalInteractionEncoder, joint_memory: bool) -> None:

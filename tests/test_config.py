@@ -253,15 +253,21 @@ def test_write_tuned_keeps_the_text_above_and_the_other_models(tmp_path):
         write_tuned(tmp_path / "p.txt", model="early", values={}, note="x", base_preset="oulad")
 
 
-def test_the_shipped_oulad_preset_holds_tuned_values_for_registered_models():
-    from dsrsd_cli.config import tuned_models
+@pytest.mark.parametrize("preset, spec, differ", [
+    ("oulad", DataSpec(dataset="oulad", target="at_risk", n_outputs=1, modalities=("demographics", "clicks", "assessments")),
+     ("concat", "late", "model.d_model")),
+    ("default", DataSpec(dataset="ednet", target="correct", n_outputs=1, modalities=("item", "content", "behavior")),
+     ("dsrsd", "late", "train.lr")),
+])
+def test_the_shipped_presets_hold_tuned_values_for_registered_models(preset, spec, differ):
+    from dsrsd_cli.config import flat_keys, tuned_models
     from dsrsd_cli.model.registry import check_model
 
-    spec = DataSpec(dataset="oulad", target="at_risk", n_outputs=1, modalities=("demographics", "clicks", "assessments"))
-    models = tuned_models("oulad")
+    models = tuned_models(preset)
     assert {"dsrsd", "early", "late", "concat", "coattn", "gbdt"} <= set(models)
     check_model(spec, models)
-    assert load_config("oulad", ['model.name="concat"']).model.d_model != load_config("oulad", ['model.name="late"']).model.d_model
+    a, b, key = differ   # two models whose tuned values differ: each run takes its own table
+    assert flat_keys(load_config(preset, [f'model.name="{a}"']))[key] != flat_keys(load_config(preset, [f'model.name="{b}"']))[key]
 
 
 def test_a_plan_refuses_a_tuned_table_for_a_model_the_data_lacks(oulad_sample, tmp_path):

@@ -122,9 +122,9 @@ def _rss(pid: int) -> int:
         return 0
 
 
-def _tree(pid: int, with_pss: bool = True) -> tuple[int, int, dict[int, float]]:
-    """(RSS, PSS) in bytes of a process and all its descendants, and the CPU seconds used
-    so far by each of them, from /proc. RSS counts the pages that the forked workers share
+def _tree(pid: int, with_pss: bool = True) -> tuple[int, int, dict[int, float], dict[int, int]]:
+    """(RSS, PSS) in bytes of a process and all its descendants, the CPU seconds used so far
+    by each of them, and each one's RSS, from /proc. RSS counts the pages that the forked workers share
     once per process; PSS splits them between the processes sharing them. with_pss=False: PSS 0,
     RSS from statm (smaps_rollup walks each process's page tables under its memory lock:
     read every 40 ms it slowed the measured prepare by about a tenth)."""
@@ -140,26 +140,28 @@ def _tree(pid: int, with_pss: bool = True) -> tuple[int, int, dict[int, float]]:
                 continue
             children.setdefault(int(fields[1]), []).append(int(entry))
             cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    rss = pss = 0
+    pss = 0
     tree: dict[int, float] = {}
+    sizes: dict[int, int] = {}
     todo = [pid]
     while todo:
         p = todo.pop()
         todo.extend(children.get(p, []))
         tree[p] = cpu.get(p, 0.0)
         if not with_pss:
-            rss += _rss(p)
+            sizes[p] = _rss(p)
             continue
+        sizes[p] = 0
         try:
             with open(f"/proc/{p}/smaps_rollup") as f:
                 for line in f:
                     if line.startswith("Rss:"):
-                        rss += int(line.split()[1]) * 1024
+                        sizes[p] = int(line.split()[1]) * 1024
                     elif line.startswith("Pss:"):
                         pss += int(line.split()[1]) * 1024
         except OSError:
             continue
-    return rss, pss, tree
+    return sum(sizes.values()), pss, tree, sizes
 
 
 def run_once(zip_path: Path, out: Path, workers: int) -> dict:
@@ -174,7 +176,7 @@ def run_once(zip_path: Path, out: Path, workers: int) -> dict:
         nonlocal peak, peak_pss
         n = 0
         while not done.is_set():
-            rss, pss, tree = _tree(child.pid, with_pss=n % 50 == 0)   # PSS once a second: costly to read
+            rss, pss, tree, _ = _tree(child.pid, with_pss=n % 50 == 0)   # PSS once a second: costly to read
             peak, peak_pss = max(peak, rss), max(peak_pss, pss)
             cpu.update(tree)  # cumulative per process: the last reading before it exits
             n += 1

@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prepare_bench import _rss, _tree, write_kt1_zip, write_kt4_zip  # noqa: E402
+from prepare_bench import _tree, write_kt1_zip, write_kt4_zip  # noqa: E402
 
 FULL_KT1 = 784_309
 MB = 2**20
@@ -87,10 +87,10 @@ class TreeSampler(threading.Thread):
     def run(self) -> None:
         n = 0
         while not self.done.is_set():
-            rss, pss, tree = _tree(self.pid, with_pss=n % self.PSS_EVERY == 0)
+            rss, pss, tree, sizes = _tree(self.pid, with_pss=n % self.PSS_EVERY == 0)
             self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
             n += 1
-            top, pid = max((_rss(p), p) for p in tree)
+            top, pid = max((size, p) for p, size in sizes.items())
             if top > self.proc_rss:
                 self.proc_rss, self.proc = top, _cmdline(pid)
             self.cpu.update(tree)   # cumulative per process: the last reading before it exits

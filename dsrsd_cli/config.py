@@ -66,6 +66,15 @@ class DSRSDConfig(_Strict):
     tau: float = Field(0.1, gt=0.0)                       # InfoNCE temperature
     aux_rows: int = Field(1024, ge=8)                     # units sampled per batch for the auxiliary losses
     orth_private_pairs: bool = False                      # also push private streams apart pairwise
+    # Where the decomposition runs (docs/method.md#where-the-decomposition-runs-dsrsdcore): "per-modality"
+    # decomposes each modality's own encoding (M cores); "joint" (EdNet only) each step's input
+    # embeddings, ahead of the one core `early` uses. Run folders written before this key were
+    # "per-modality", its default.
+    core: Literal["per-modality", "joint"] = "per-modality"
+    # The gate (docs/method.md#dsrsd-fusion-dsrsdfusion): "softmax" weights the streams against
+    # each other (they compete, weights sum to 1); "sigmoid" opens each stream on its own
+    # (a Gated Multimodal Unit's gate), so using one stream never forces the others shut.
+    gate: Literal["softmax", "sigmoid"] = "softmax"
 
 
 class LossConfig(_Strict):
@@ -135,9 +144,20 @@ def flat_keys(cfg: RunConfig) -> dict[str, Any]:
     return flat_dict(cfg.model_dump())
 
 
+# Sections one model family alone reads (section -> family): no other model's result depends on them.
+OWN_SECTIONS = {"dsrsd": "dsrsd", "gbdt": "gbdt"}
+
+
+def reads_key(model: str, key: str) -> bool:
+    """False for a key of a section another model family owns (OWN_SECTIONS): e.g. dsrsd.tau for `early`."""
+    owner = OWN_SECTIONS.get(key.partition(".")[0])
+    return owner is None or owner == model.partition(":")[0]
+
+
 def result_settings(cfg: RunConfig) -> dict[str, Any]:
-    """The settings that can change a run's result (flat_keys without RESULT_FREE_KEYS)."""
-    return {k: v for k, v in flat_keys(cfg).items() if k not in RESULT_FREE_KEYS}
+    """The settings that can change a run's result: flat_keys without RESULT_FREE_KEYS and
+    without the sections the model does not read (reads_key)."""
+    return {k: v for k, v in flat_keys(cfg).items() if k not in RESULT_FREE_KEYS and reads_key(cfg.model.name, k)}
 
 
 def preset_names() -> list[str]:

@@ -115,6 +115,10 @@ def test_resume_refuses_a_changed_config_or_data(tmp_path):
         _check_resumable(run, load_config("smoke", ["train.epochs=4"]), "abc")
     with pytest.raises(BadInput, match="manifest hash"):
         _check_resumable(run, cfg, "another")
+    # another model's section never stops a resume: `compare` reuses such runs too (result_settings)
+    _check_resumable(run, load_config("smoke", ["train.epochs=3", "gbdt.num_leaves=7"]), "abc")
+    with pytest.raises(BadInput, match=r"dsrsd\.tau is 0\.5"):
+        _check_resumable(run, load_config("smoke", ["train.epochs=3", "dsrsd.tau=0.5"]), "abc")
 
 
 def test_resume_config_starts_from_the_saved_config(tmp_path):
@@ -156,7 +160,9 @@ def test_an_old_run_config_loads_through_the_migration(tmp_path):
         "tool_version": "0", "created": "now",
     })
     for cfg in (read_run_info(run).cfg, load_run_config(run)):
-        assert cfg.dsrsd.model_dump() == {"k_shared": 12, "private_dropout": 0.25, "tau": 0.2, "aux_rows": 64, "orth_private_pairs": True}
+        # keys added since load at their defaults, which are the design such a run was trained with
+        assert cfg.dsrsd.model_dump() == {"k_shared": 12, "private_dropout": 0.25, "tau": 0.2, "aux_rows": 64, "orth_private_pairs": True,
+                                          "core": "per-modality", "gate": "softmax"}
         assert cfg.loss.lambda_dec == 0.04 and cfg.model.d_model == 16
     assert migrate_config(load_config("smoke").model_dump()) == load_config("smoke").model_dump()   # today's layout: unchanged
     _check_resumable(run, read_run_info(run).cfg, "abc")     # an old run can be resumed with its own (migrated) settings
@@ -257,7 +263,7 @@ def test_write_tuned_keeps_the_text_above_and_the_other_models(tmp_path):
     ("oulad", DataSpec(dataset="oulad", target="at_risk", n_outputs=1, modalities=("demographics", "clicks", "assessments")),
      ("concat", "late", "model.d_model")),
     ("default", DataSpec(dataset="ednet", target="correct", n_outputs=1, modalities=("item", "content", "behavior")),
-     ("dsrsd", "late", "train.lr")),
+     ("dsrsd", "early", "train.lr")),
 ])
 def test_the_shipped_presets_hold_tuned_values_for_registered_models(preset, spec, differ):
     from dsrsd_cli.config import flat_keys, tuned_models
@@ -279,3 +285,21 @@ def test_a_plan_refuses_a_tuned_table_for_a_model_the_data_lacks(oulad_sample, t
         plan_configs(str(preset), models="late", seeds=1, data=oulad_sample)
     preset.write_text('[data]\ndataset = "oulad"\ntarget = "at_risk"\n\n[tuned.single.train]\nlr = 0.001\n')     # a family
     assert plan_configs(str(preset), models="single:clicks,late", seeds=1, data=oulad_sample)[0].train.lr == 0.001
+
+
+def test_a_models_result_settings_leave_out_the_sections_other_models_own():
+    """`early` never reads [dsrsd] nor DSRSD-Net [gbdt]: runs and studies of a model stay reusable
+    when only another model's section changes, and stop being so when their own does."""
+    from dsrsd_cli.config import reads_key, result_settings
+
+    def settings(name, *sets):
+        return result_settings(load_config("default", [f'model.name="{name}"', *sets]))
+
+    assert settings("early") == settings("early", "dsrsd.tau=0.5", "dsrsd.core=per-modality", "gbdt.num_leaves=7")
+    assert settings("gbdt") == settings("gbdt", "dsrsd.tau=0.5")
+    assert settings("gbdt") != settings("gbdt", "gbdt.num_leaves=7")
+    assert settings("dsrsd:no-align") != settings("dsrsd:no-align", "dsrsd.tau=0.5")
+    assert settings("dsrsd") == settings("dsrsd", "gbdt.num_leaves=7")
+    assert not any(k.startswith(("dsrsd.", "gbdt.")) for k in settings("early"))
+    assert reads_key("single:item", "train.lr") and reads_key("dsrsd:mean-gate", "dsrsd.k_shared")
+    assert not reads_key("early", "dsrsd.k_shared")

@@ -24,9 +24,11 @@ SMALL = {"d_model": 16, "n_heads": 2}
 SMALL_DSRSD = {"k_shared": 8}
 SPECS = {"ednet": ednet_spec(), "oulad": oulad_spec(), "oulad-result4": oulad_spec(n_outputs=4)}
 BATCHES = {"ednet": ednet_batch, "oulad": oulad_batch, "oulad-result4": oulad_batch}
-CASES = [(data, name) for data, spec in SPECS.items() for name in model_names(spec, kind="neural")]
-EDNET_NAMES = model_names(SPECS["ednet"], kind="neural")
 ABLATION_NAMES = ["dsrsd:no-align", "dsrsd:no-decorr", "dsrsd:no-orth", "dsrsd:no-private", "dsrsd:no-shared", "dsrsd:mean-gate"]
+# "<name>@joint": the model built with dsrsd.core = "joint" (EdNet only; model/dsrsd_joint.py).
+JOINT = [f"{name}@joint" for name in ("dsrsd", *ABLATION_NAMES)]
+CASES = [(data, name) for data, spec in SPECS.items() for name in model_names(spec, kind="neural")] + [("ednet", n) for n in JOINT]
+EDNET_NAMES = model_names(SPECS["ednet"], kind="neural") + JOINT
 # The auxiliary loss terms each DSRSD variant trains with (the rest of AUX_LOSSES is removed).
 VARIANT_LOSSES = {
     "dsrsd": set(AUX_LOSSES),
@@ -38,21 +40,27 @@ VARIANT_LOSSES = {
     "dsrsd:mean-gate": set(AUX_LOSSES),
 }
 # The parameters of a removed mechanism, which therefore get no gradient at all. (Absent
-# tokens always do: the joint memory carries them to every modality's encoding.)
+# tokens always do: the joint memory carries them to every modality's encoding.) Under
+# dsrsd.core = "joint" the same modules live in `decomposition.` instead of `fusion.`.
 VARIANT_SILENT = {
     "dsrsd:no-align": ("fusion.predictors.",),
     "dsrsd:no-private": ("fusion.private.", "fusion.gate."),     # one open stream: the gate is constant
     "dsrsd:no-shared": ("fusion.align.", "fusion.predictors."),
     "dsrsd:mean-gate": ("fusion.gate.",),
 }
+VARIANT_SILENT |= {f"{n}@joint": tuple(p.replace("fusion.", "decomposition.") for p in prefixes)
+                   for n, prefixes in VARIANT_SILENT.items()}
 POST = [i for i, (_, kind) in enumerate(BEHAVIOR_FEATURES) if kind == "post"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest
 
 
 def build(spec, name: str, *, dsrsd: dict | None = None, **model):
+    """name may end in "@joint" (JOINT): then dsrsd.core = "joint"."""
     torch.manual_seed(0)
-    return build_model(spec, ModelConfig(name=name, **{**SMALL, **model}), DSRSDConfig(**{**SMALL_DSRSD, **(dsrsd or {})}))
+    name, _, core = name.partition("@")
+    dsrsd = {**SMALL_DSRSD, **({"core": core} if core else {}), **(dsrsd or {})}
+    return build_model(spec, ModelConfig(name=name, **{**SMALL, **model}), DSRSDConfig(**dsrsd))
 
 
 def fake(data: str, **kwargs):
@@ -103,7 +111,7 @@ def test_forward_backward_reaches_every_parameter(data, name):
     assert tuple(out.logits.shape) == expected_shape
     assert finite(out.logits)
     aux = out.aux["losses"]
-    assert set(aux) == VARIANT_LOSSES.get(name, set())
+    assert set(aux) == VARIANT_LOSSES.get(name.partition("@")[0], set())
     assert all(finite(v) and v.dim() == 0 for v in aux.values())
 
     loss = task_loss(out.logits, batch.target, batch.mask, spec.n_outputs) + sum(aux.values())
@@ -123,7 +131,7 @@ def test_absent_modalities_work_and_give_no_nan(data, name):
         model.eval()
         out = model(masked)
         assert finite(out.logits), missing
-        if name == "dsrsd":
+        if name in ("dsrsd", "dsrsd@joint"):
             gates = out.aux["gates"]                                              # (N_scored, 1 + M)
             for m in missing:
                 assert torch.equal(gates[:, 1 + spec.modalities.index(m)], torch.zeros(gates.shape[0]))
@@ -137,10 +145,13 @@ def test_absent_modalities_work_and_give_no_nan(data, name):
         model.zero_grad()
 
 
-@pytest.mark.parametrize("data", ["ednet", "oulad"])
-def test_dsrsd_gate_weights_of_absent_units_are_exactly_zero(data):
+DSRSD_CASES = [("ednet", "dsrsd"), ("ednet", "dsrsd@joint"), ("oulad", "dsrsd")]
+
+
+@pytest.mark.parametrize("data,name", DSRSD_CASES)
+def test_dsrsd_gate_weights_of_absent_units_are_exactly_zero(data, name):
     spec, batch = fake(data)
-    out = build(spec, "dsrsd").eval()(batch)
+    out = build(spec, name).eval()(batch)
     gates, scored = out.aux["gates"], batch.mask                                  # one gate row per scored unit
     assert out.aux["gate_names"] == ["consensus", *spec.modalities]
     for i, m in enumerate(spec.modalities):
@@ -150,10 +161,10 @@ def test_dsrsd_gate_weights_of_absent_units_are_exactly_zero(data):
         assert bool((gates[~absent, 1 + i] > 0).all())
 
 
-@pytest.mark.parametrize("data", ["ednet", "oulad"])
-def test_dsrsd_private_dropout_closes_private_streams_in_training_only(data):
+@pytest.mark.parametrize("data,name", DSRSD_CASES)
+def test_dsrsd_private_dropout_closes_private_streams_in_training_only(data, name):
     spec, batch = fake(data)
-    model = build(spec, "dsrsd", dsrsd={"private_dropout": 0.5}, modality_dropout=0.0)
+    model = build(spec, name, dsrsd={"private_dropout": 0.5}, modality_dropout=0.0)
     present = torch.stack([batch.present[m][batch.mask] for m in spec.modalities], dim=1)    # (N, M)
     gates = model.train()(batch).aux["gates"]                                                # (N, 1 + M)
     closed = (gates[:, 1:] == 0) & present
@@ -309,10 +320,11 @@ def test_dsrsd_aux_losses_ignore_padded_and_absent_rows():
     assert not torch.equal(train_rows, rows)
 
 
-def test_dsrsd_ablate_removes_streams():
+@pytest.mark.parametrize("name", ["dsrsd", "dsrsd@joint"])
+def test_dsrsd_ablate_removes_streams(name):
     spec = SPECS["ednet"]
     batch = ednet_batch(spec, batch_size=3, seed=4)
-    model = build(spec, "dsrsd").eval()
+    model = build(spec, name).eval()
     base = model(batch)
     private = model(batch, ablate=frozenset({"item.private"}))
     assert torch.equal(private.aux["gates"][:, 1], torch.zeros(private.aux["gates"].shape[0]))
@@ -325,7 +337,7 @@ def test_dsrsd_ablate_removes_streams():
     with pytest.raises(BadInput, match="cannot ablate"):
         model(batch, ablate=frozenset({"clicks.shared"}))
     # ablation changes what is fused, never the auxiliary losses
-    quiet = build(spec, "dsrsd", dropout=0.0, modality_dropout=0.0).train()
+    quiet = build(spec, name, dropout=0.0, modality_dropout=0.0).train()
     assert torch.equal(_seeded(quiet, batch, ablate=frozenset({"item.shared"})).aux["losses"]["infonce"],
                        _seeded(quiet, batch).aux["losses"]["infonce"])
     for name in ("concat", "early", "coattn"):                                # baselines ignore it
@@ -333,11 +345,11 @@ def test_dsrsd_ablate_removes_streams():
         assert torch.equal(baseline(batch, ablate=frozenset({"item.private"})).logits, baseline(batch).logits)
 
 
-@pytest.mark.parametrize("data", ["ednet", "oulad"])
-def test_ablation_variants_remove_their_stream(data):
+@pytest.mark.parametrize("data,core", [("ednet", ""), ("ednet", "@joint"), ("oulad", "")])
+def test_ablation_variants_remove_their_stream(data, core):
     spec, batch = fake(data)
     M = len(spec.modalities)
-    gates = {name: build(spec, name).eval()(batch).aux["gates"] for name in ("dsrsd:no-private", "dsrsd:no-shared", "dsrsd:mean-gate")}
+    gates = {name: build(spec, name + core).eval()(batch).aux["gates"] for name in ("dsrsd:no-private", "dsrsd:no-shared", "dsrsd:mean-gate")}
     # no-private: every private stream weighs exactly 0, the consensus carries everything
     assert torch.equal(gates["dsrsd:no-private"][:, 1:], torch.zeros(gates["dsrsd:no-private"].shape[0], M))
     # no-shared: the consensus weighs exactly 0 (every unit has a present modality here)
@@ -347,8 +359,9 @@ def test_ablation_variants_remove_their_stream(data):
     n_open = (mean > 0).sum(-1, keepdim=True)
     assert bool((n_open >= 2).all()) and torch.allclose(mean, (mean > 0) / n_open)
     # private dropout cannot leave a no-shared unit without a stream
-    model = build(spec, "dsrsd:no-shared", dsrsd={"private_dropout": 0.9}).train()
-    assert model.fusion.private_dropout == 0.0 and finite(model(batch).logits)
+    model = build(spec, "dsrsd:no-shared" + core, dsrsd={"private_dropout": 0.9}).train()
+    fusion = model.decomposition if core else model.fusion
+    assert fusion.private_dropout == 0.0 and finite(model(batch).logits)
 
 
 def test_modality_dropout_never_hides_all_of_a_units_modalities():
@@ -467,3 +480,43 @@ def test_bag_mean_is_the_mean_of_the_real_ids():
     w = table.weight
     expected = torch.stack([torch.stack([(w[3] + w[5]) / 2, torch.zeros(4)]), torch.stack([w[7], w[2]])])
     assert torch.allclose(out, expected)
+
+
+# ----------------------------------------------------------------------------- dsrsd.core = "joint"
+
+
+def test_joint_core_is_for_ednet_only_and_runs_one_core():
+    with pytest.raises(BadInput, match=r"dsrsd.core = 'joint' .* use --set dsrsd.core=per-modality"):
+        build(SPECS["oulad"], "dsrsd@joint")
+    joint, early = build(SPECS["ednet"], "dsrsd@joint"), build(SPECS["ednet"], "early")
+    # the core is early's, at early's size: one stack, not one per modality
+    assert sum(p.numel() for p in joint.core.parameters()) == sum(p.numel() for p in early.core.parameters())
+
+
+@pytest.mark.parametrize("name", ["dsrsd", "dsrsd@joint", "early"])
+def test_an_absent_modality_leaves_every_step(name):
+    """Where a modality is absent its inputs reach nothing, neither the step's own query nor
+    the history later steps read: only its absent token does."""
+    spec = SPECS["ednet"]
+    batch = ednet_batch(spec, batch_size=3, seed=5)
+    model = _loud(build(spec, name))
+    noisy = copy.deepcopy(batch)                                  # every step's content changed
+    noisy.inputs["content"]["part"][batch.valid] = 3
+    assert float((model(noisy).logits - model(batch).logits).abs()[batch.mask].max()) > 1e-5   # content counts ...
+    without, noisy_without = batch.without("content"), noisy.without("content")
+    assert float((model(noisy_without).logits - model(without).logits).abs()[batch.mask].max()) <= 1e-6   # ... unless absent
+
+
+def test_sigmoid_gates_open_each_stream_on_its_own():
+    """dsrsd.gate = "sigmoid": closed streams weigh exactly 0, open ones lie in (0, 1) without
+    sharing a total of 1; the mean-gate ablation opens every open stream half."""
+    spec, batch = fake("ednet")
+    for name in ("dsrsd", "dsrsd@joint"):
+        model = _loud(build(spec, name, dsrsd={"gate": "sigmoid"}))
+        gates = model(batch).aux["gates"]                                           # (N, 1 + M)
+        present = torch.stack([batch.present[m][batch.mask] for m in spec.modalities], dim=1)
+        assert torch.equal(gates[:, 1:][~present], torch.zeros(int((~present).sum())))
+        assert bool(((gates[:, 1:][present] > 0) & (gates[:, 1:][present] < 1)).all())
+        assert not torch.allclose(gates.sum(-1), torch.ones(gates.shape[0]))      # no shared budget
+        mean = build(spec, "dsrsd:mean-gate" + name[5:], dsrsd={"gate": "sigmoid"}).eval()(batch).aux["gates"]
+        assert torch.equal(mean[:, 1:][present], torch.full((int(present.sum()),), 0.5))

@@ -327,3 +327,22 @@ def test_into_puts_the_best_values_into_a_preset_for_that_model_only(oulad_sampl
     res = subprocess.run([*_cli_tune(oulad_sample, out, 3), "--into", str(tmp_path / "x.txt")], capture_output=True, text=True, timeout=120)
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "give a .toml file" in lines[0], res.stderr
+
+
+def test_a_study_of_an_older_version_continues_for_a_baseline_but_not_for_the_model_whose_section_changed(tmp_path):
+    """Studies written before result settings left out other models' sections recorded every
+    key: a baseline's study continues whatever [dsrsd] says now; DSRSD-Net's does not."""
+    from types import SimpleNamespace
+
+    from dsrsd_cli.engine.tune import _check_identity
+
+    def identity(model, **settings):
+        return {"model": model, "settings": {"train.lr": 0.002, **settings}, "manifest_hash": "h", "seed": 0, "space": {}}
+
+    def old_study(model):   # what an older version saved: the dsrsd section for every model
+        return SimpleNamespace(user_attrs={**identity(model, **{"dsrsd.tau": 0.2}), "dsrsd_tune": "0.1.0"}, trials=[1])
+
+    _check_identity(old_study("early"), identity("early"), tmp_path)                       # continues
+    _check_identity(old_study("dsrsd"), identity("dsrsd", **{"dsrsd.tau": 0.2}), tmp_path)  # same values: continues
+    with pytest.raises(BadInput, match="dsrsd.tau = 0.2, not 0.5"):
+        _check_identity(old_study("dsrsd"), identity("dsrsd", **{"dsrsd.tau": 0.5}), tmp_path)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from dsrsd_cli import __version__
-from dsrsd_cli.config import RESULT_FREE_KEYS, RunConfig, flat_keys
+from dsrsd_cli.config import RunConfig, result_settings
 from dsrsd_cli.engine.runs import read_run_info
 from dsrsd_cli.errors import BadInput
 
@@ -99,10 +99,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def check_resumable(run_dir: Path, cfg: RunConfig, manifest_hash: str) -> None:
     """BadInput unless `cfg` and the prepared data are those the run started with (up to the
-    keys that cannot change the result, config.RESULT_FREE_KEYS)."""
+    keys that cannot change the result: config.result_settings)."""
     info = read_run_info(run_dir)
-    saved, given = flat_keys(info.cfg), flat_keys(cfg)
-    changed = [k for k in sorted(saved) if k not in RESULT_FREE_KEYS and saved[k] != given.get(k)]
+    saved, given = result_settings(info.cfg), result_settings(cfg)
+    changed = [k for k in sorted(saved) if saved[k] != given.get(k)]
     if changed:
         k = changed[0]
         raise BadInput(

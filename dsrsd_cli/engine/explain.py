@@ -364,12 +364,14 @@ def mean_abs_change(a: np.ndarray, b: np.ndarray) -> float:
     return total / a.size
 
 
-def _column_means(a: np.ndarray) -> np.ndarray:
-    """(n, G) -> (G,) means, summed in float64 over blocks of rows (float32 sums drift at millions of rows)."""
-    total = np.zeros(a.shape[1:])
-    for i in range(0, len(a), BLOCK_ROWS):
-        total += a[i:i + BLOCK_ROWS].sum(0, dtype=np.float64)
-    return total / len(a)
+def _mean_shares(gates: np.ndarray) -> np.ndarray:
+    """(n, G) gate weights -> (G,) each stream's mean share of its unit's total weight (softmax
+    gates are shares already; sigmoid gates, dsrsd.gate, are not), in float64 over blocks of rows."""
+    total = np.zeros(gates.shape[1:])
+    for i in range(0, len(gates), BLOCK_ROWS):
+        block = gates[i:i + BLOCK_ROWS].astype(np.float64)
+        total += (block / np.maximum(block.sum(1, keepdims=True), 1e-300)).sum(0)
+    return total / len(gates)
 
 
 def shapley(values: np.ndarray) -> np.ndarray:
@@ -431,7 +433,7 @@ def attribution(passes: Passes, rows: np.ndarray | None = None) -> dict[str, Any
     auc_phi = result["shapley"]["auc"]
     result["ranking"] = sorted(mods, key=lambda m: -auc_phi[m] if math.isfinite(auc_phi[m]) else math.inf)
     if passes.gate_names:
-        result["gates"] = dict(zip(passes.gate_names, _column_means(passes.gates(rows)).tolist())) if len(y) else None
+        result["gates"] = dict(zip(passes.gate_names, _mean_shares(passes.gates(rows)).tolist())) if len(y) else None
     if passes.stream_names:
         result["streams"] = _streams(passes, rows, full_logits, float(values["auc"][full]), y)
     return result
@@ -481,7 +483,7 @@ def explain_run(run_dir: str | Path, *, split: str = "test", by: str | None = No
         "run_dir": str(run.run_dir), "model": run.cfg.model.name, "dataset": dataset, "split": split,
         "modalities": list(passes.modalities), "value_functions": VALUE_FUNCTIONS,
         "absent": "a modality outside the coalition is marked absent (Batch.without): the model's learned absent token",
-        "gates_note": "mean gate weights: how much each stream is weighted, not an attribution",
+        "gates_note": "mean share of each stream in its unit's gate weights: how much it is weighted, not an attribution",
         **attribution(passes),
         "mechanisms": dict(passes.mechanisms),
     }

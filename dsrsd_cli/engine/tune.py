@@ -70,7 +70,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from dsrsd_cli import __version__
-from dsrsd_cli.config import MOVED_KEYS, RunConfig, flat_keys, result_settings, write_tuned
+from dsrsd_cli.config import MOVED_KEYS, RunConfig, flat_keys, reads_key, result_settings, write_tuned
 from dsrsd_cli.engine.runs import METRICS_FILE, PREDICTIONS_FILE, STATE_FILE
 from dsrsd_cli.engine.train import TrainingInterrupted, config_from_cli, train_run
 from dsrsd_cli.engine.tune_space import Dim, family_of, search_space
@@ -254,7 +254,8 @@ def _check_identity(study, identity: dict[str, Any], out: Path) -> None:
     hint = "; continue it with its own settings or choose another --out"
     if saved.get("model") != identity["model"]:
         raise BadInput(f"{where} --model {saved.get('model')!r}, not {identity['model']!r}{hint}")
-    old = {MOVED_KEYS.get(k, k): v for k, v in saved.get("settings", {}).items()}   # a study of an older version
+    old = {MOVED_KEYS.get(k, k): v for k, v in saved.get("settings", {}).items()   # a study of an older version,
+           if reads_key(identity["model"], MOVED_KEYS.get(k, k))}                  # which kept every section
     new = identity["settings"]
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if changed:

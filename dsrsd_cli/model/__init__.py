@@ -3,6 +3,7 @@
     blocks.py       generic parts: stacked linear / layer norm, attention, feed-forward, head, init
     encoders.py     per-dataset input embeddings and sequence encoders (modality -> h_m)
     fusion.py       MultimodalModel, AbsentTokens, DSRSD-Net and the baseline fusions
+    dsrsd_joint.py  DSRSD-Net with the decomposition per step ahead of one joint core (dsrsd.core = "joint")
     losses.py       pure loss functions;  diagnostics.py  mechanism statistics for explain
     gbdt.py         the LightGBM reference;  registry.py  model name -> builder
 

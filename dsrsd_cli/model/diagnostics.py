@@ -22,7 +22,8 @@ shared_std_mean / shared_std_min  per-dimension std over units (mean / min over 
                        1 = the LayerNorm bound and the VICReg hinge target; near 0 = dimension collapsed.
 sp_cosine / sp_abs_cosine  cos(z_m, q_m) of a unit's shared and private embedding (signed / absolute mean).
   sp_abs_cosine_chance   reference E|cos| of random directions in k dims (~ sqrt(2/(pi k))); 1 = private duplicates shared.
-gate_entropy           mean per-unit entropy of the gate weights (nats).
+gate_entropy           mean per-unit entropy of the gate weights (nats), each unit's weights taken
+                       as shares of their sum (softmax gates are; sigmoid gates, dsrsd.gate, are not).
   gate_entropy_max       reference ln G: uniform weights (no gating); 0 = every unit picks one stream.
 gate_dominant / gate_dominant_share  the stream with the largest mean weight, and that weight.
   (gate_mean_<stream>)   reference 1/G each; share 1 = one stream does everything, the others are unused.
@@ -215,8 +216,10 @@ def shared_private_cosine(shared: Mapping[str, Tensor], private: Mapping[str, Te
 # ---------------------------------------------------------------- gates
 
 def _gate_sums(gates: Tensor) -> tuple[float, Tensor, int]:
-    """(sum of per-unit entropies, (G,) sum of weights, units) of gates (V, G)."""
+    """(sum of per-unit entropies, (G,) sum of shares, units) of gates (V, G). Each unit's weights
+    are taken as shares of their sum, which softmax gates already are and sigmoid gates are not."""
     g = gates.detach().to("cpu", torch.float64)
+    g = g / g.sum(-1, keepdim=True).clamp(min=1e-300)
     entropy = -(g * g.clamp(min=1e-300).log()).sum(-1)     # 0 log 0 = 0: closed streams add nothing
     return float(entropy.sum()), g.sum(0), int(g.shape[0])
 

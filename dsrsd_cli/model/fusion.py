@@ -209,7 +209,7 @@ class DSRSDFusion(Fusion):
     def __init__(
         self, *, modalities: tuple[str, ...], d: int, k: int, n_outputs: int, dropout: float,
         aux_rows: int, tau: float, orth_private_pairs: bool, private_dropout: float = 0.0,
-        without: frozenset[str] = frozenset(),
+        without: frozenset[str] = frozenset(), gate: str = "softmax",
     ) -> None:
         super().__init__()
         unknown = set(without) - set(MECHANISMS)
@@ -217,6 +217,9 @@ class DSRSDFusion(Fusion):
             raise ValueError(f"unknown mechanisms {sorted(unknown)}; choose from {MECHANISMS}")
         self.modalities = tuple(modalities)
         self.without = frozenset(without)
+        if gate not in ("softmax", "sigmoid"):
+            raise ValueError(f"unknown gate {gate!r}; choose softmax or sigmoid")
+        self.gate_kind = gate
         # Closing private streams at random exists to make the head lean on the consensus;
         # without a consensus it would only leave units with nothing to read.
         self.private_dropout = 0.0 if "shared" in self.without else private_dropout
@@ -282,7 +285,8 @@ class DSRSDFusion(Fusion):
             scores = torch.zeros(is_open.shape, device=is_open.device).masked_fill(~is_open, float("-inf"))
         else:
             scores = self.gate(streams.transpose(0, 1).flatten(1)).float().masked_fill(~is_open, float("-inf"))
-        gates = torch.softmax(scores, dim=-1)                                                # (V, 1+M)
+        # softmax: the open streams share a weight of 1; sigmoid: each open stream in (0, 1) on its own.
+        gates = torch.softmax(scores, dim=-1) if self.gate_kind == "softmax" else torch.sigmoid(scores)   # (V, 1+M)
         # Gated concatenation: each stream scaled by its weight, side by side, so the head can
         # still tell them apart (a weighted sum would blur four k-spaces into one).
         fused = (gates.T.unsqueeze(-1) * streams).transpose(0, 1).flatten(1)                 # (V, (1+M) k)

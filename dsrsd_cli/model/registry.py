@@ -17,6 +17,7 @@ from torch import nn
 
 from dsrsd_cli.config import DSRSDConfig, ModelConfig
 from dsrsd_cli.errors import BadInput
+from dsrsd_cli.model.dsrsd_joint import DSRSDJointEdNet
 from dsrsd_cli.model.encoders import build_core, build_encoders, build_inputs
 from dsrsd_cli.model.fusion import (
     EARLY, CoAttentionFusion, ConcatFusion, DSRSDFusion, LateFusion, MultimodalModel,
@@ -124,11 +125,23 @@ ABLATIONS: dict[str, frozenset[str]] = {
 
 @register("dsrsd", variants=lambda spec: list(ABLATIONS), plain=True, reads_dsrsd=True)
 def _dsrsd(spec: DataSpec, cfg: ModelConfig, variant: str | None, *, dsrsd: DSRSDConfig) -> nn.Module:
+    """dsrsd.core "per-modality": DSRSDFusion on each modality's encoding; "joint" (EdNet): DSRSDFusion
+    on each step's input embeddings, its head feeding ONE core (model/dsrsd_joint.py)."""
+    joint = dsrsd.core == "joint"
+    if joint and spec.dataset != "ednet":
+        raise BadInput(f"dsrsd.core = 'joint' decomposes the steps of an EdNet sequence; {spec.dataset} has no steps: "
+                       "use --set dsrsd.core=per-modality")
     fusion = DSRSDFusion(
-        modalities=spec.modalities, d=cfg.d_model, k=dsrsd.k_shared, n_outputs=spec.n_outputs, dropout=cfg.dropout,
-        aux_rows=dsrsd.aux_rows, tau=dsrsd.tau, orth_private_pairs=dsrsd.orth_private_pairs,
-        private_dropout=dsrsd.private_dropout, without=ABLATIONS[variant] if variant else frozenset(),
+        modalities=spec.modalities, d=cfg.d_model, k=dsrsd.k_shared, n_outputs=cfg.d_model if joint else spec.n_outputs,
+        dropout=cfg.dropout, aux_rows=dsrsd.aux_rows, tau=dsrsd.tau, orth_private_pairs=dsrsd.orth_private_pairs,
+        private_dropout=dsrsd.private_dropout, without=ABLATIONS[variant] if variant else frozenset(), gate=dsrsd.gate,
     )
+    if joint:
+        return DSRSDJointEdNet(
+            inputs={m: build_inputs(spec, m, d=cfg.d_model) for m in spec.modalities}, decomposition=fusion,
+            core=build_core(spec, cfg), d=cfg.d_model, n_outputs=spec.n_outputs, dropout=cfg.dropout,
+            modality_dropout=cfg.modality_dropout,
+        )
     return _multimodal(spec, cfg, fusion, spec.modalities)
 
 

@@ -263,7 +263,7 @@ def test_write_tuned_keeps_the_text_above_and_the_other_models(tmp_path):
     ("oulad", DataSpec(dataset="oulad", target="at_risk", n_outputs=1, modalities=("demographics", "clicks", "assessments")),
      ("concat", "late", "model.d_model")),
     ("default", DataSpec(dataset="ednet", target="correct", n_outputs=1, modalities=("item", "content", "behavior")),
-     ("dsrsd", "early", "train.lr")),
+     ("dsrsd", "late", "train.lr")),
 ])
 def test_the_shipped_presets_hold_tuned_values_for_registered_models(preset, spec, differ):
     from dsrsd_cli.config import flat_keys, tuned_models

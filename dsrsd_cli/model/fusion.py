@@ -185,7 +185,8 @@ class DSRSDFusion(Fusion):
     q_m = LN(Q_m(p_m)) (U, k); z_m = G(s_m) (U, k), G ending in a LayerNorm, ONE head G for all modalities
     (both LayerNorms without gain).
     Consensus c = mean of the present z_m. A gate network scores [c, q_1..q_M] from their
-    concatenation; absent (or ablated) streams get -inf, so their weight is exactly 0;
+    concatenation, and `gate` turns the scores into weights ("softmax": shares of 1; "sigmoid":
+    each in (0, 1) on its own); absent (or ablated) streams get -inf, so their weight is exactly 0;
     fused = the weighted streams side by side (U, (1+M) k); head -> logits. In training, `private_dropout`
     also closes each private stream at random (robustness to a missing modality). The
     per-modality maps P_m, Q_m run stacked (one batched matmul for all M), on the scored

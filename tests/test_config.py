@@ -288,8 +288,8 @@ def test_a_plan_refuses_a_tuned_table_for_a_model_the_data_lacks(oulad_sample, t
 
 
 def test_a_models_result_settings_leave_out_the_sections_other_models_own():
-    """`early` never reads [dsrsd] nor DSRSD-Net [gbdt]: runs and studies of a model stay reusable
-    when only another model's section changes, and stop being so when their own does."""
+    """`early` reads neither [dsrsd] nor [gbdt], DSRSD-Net not [gbdt]: runs and studies of a model
+    stay reusable when only another model's section changes, and stop being so when their own does."""
     from dsrsd_cli.config import reads_key, result_settings
 
     def settings(name, *sets):

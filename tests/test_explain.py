@@ -297,6 +297,23 @@ MECHANISM_KEYS = (
 )
 
 
+def test_the_joint_design_trains_and_explains_end_to_end(item_run, tmp_path):
+    """dsrsd.core = "joint" with sigmoid gates through what a user runs: train, then explain
+    (streams, gates as shares though sigmoid weights are not, exact Shapley values)."""
+    from dsrsd_cli.engine.runs import read_run_info
+
+    data = read_run_info(item_run).cfg.data.path
+    cfg = load_config("smoke", [f'data.path="{data}"', "train.epochs=1", "train.max_steps_per_epoch=5", 'train.device="cpu"',
+                                'dsrsd.core="joint"', 'dsrsd.gate="sigmoid"'])
+    run = train_run(cfg, out=tmp_path / "joint", quiet=True)
+    assert (read_run_info(run).cfg.dsrsd.core, read_run_info(run).cfg.dsrsd.gate) == ("joint", "sigmoid")
+    result = explain_run(run, split="test", device="cpu")
+    assert set(result["streams"]) == {"item", "content", "behavior"}
+    assert set(result["gates"]) == {"consensus", "item", "content", "behavior"}
+    assert sum(result["gates"].values()) == pytest.approx(1.0, abs=1e-5)
+    _check_efficiency(result)
+
+
 def test_explain_reports_the_mechanisms_of_a_trained_dsrsd_run(item_run):
     result = explain_run(item_run, split="test", device="cpu")
     mech = result["mechanisms"]

@@ -340,8 +340,8 @@ def test_dsrsd_ablate_removes_streams(name):
     quiet = build(spec, name, dropout=0.0, modality_dropout=0.0).train()
     assert torch.equal(_seeded(quiet, batch, ablate=frozenset({"item.shared"})).aux["losses"]["infonce"],
                        _seeded(quiet, batch).aux["losses"]["infonce"])
-    for name in ("concat", "early", "coattn"):                                # baselines ignore it
-        baseline = build(spec, name).eval()
+    for baseline_name in ("concat", "early", "coattn"):                       # baselines ignore it
+        baseline = build(spec, baseline_name).eval()
         assert torch.equal(baseline(batch, ablate=frozenset({"item.private"})).logits, baseline(batch).logits)
 
 
@@ -518,5 +518,6 @@ def test_sigmoid_gates_open_each_stream_on_its_own():
         assert torch.equal(gates[:, 1:][~present], torch.zeros(int((~present).sum())))
         assert bool(((gates[:, 1:][present] > 0) & (gates[:, 1:][present] < 1)).all())
         assert not torch.allclose(gates.sum(-1), torch.ones(gates.shape[0]))      # no shared budget
-        mean = build(spec, "dsrsd:mean-gate" + name[5:], dsrsd={"gate": "sigmoid"}).eval()(batch).aux["gates"]
+        mean_gate = "dsrsd:mean-gate@joint" if name.endswith("@joint") else "dsrsd:mean-gate"
+        mean = build(spec, mean_gate, dsrsd={"gate": "sigmoid"}).eval()(batch).aux["gates"]
         assert torch.equal(mean[:, 1:][present], torch.full((int(present.sum()),), 0.5))

@@ -119,6 +119,8 @@ def test_resume_refuses_a_changed_config_or_data(tmp_path):
     _check_resumable(run, load_config("smoke", ["train.epochs=3", "gbdt.num_leaves=7"]), "abc")
     with pytest.raises(BadInput, match=r"dsrsd\.tau is 0\.5"):
         _check_resumable(run, load_config("smoke", ["train.epochs=3", "dsrsd.tau=0.5"]), "abc")
+    with pytest.raises(BadInput, match=r"model\.name is 'early' but the run used 'dsrsd' \(and \d+ more keys\)"):
+        _check_resumable(run, load_config("smoke", ["train.epochs=3", 'model.name="early"']), "abc")
 
 
 def test_resume_config_starts_from_the_saved_config(tmp_path):

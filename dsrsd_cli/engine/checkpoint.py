@@ -102,11 +102,12 @@ def check_resumable(run_dir: Path, cfg: RunConfig, manifest_hash: str) -> None:
     keys that cannot change the result: config.result_settings)."""
     info = read_run_info(run_dir)
     saved, given = result_settings(info.cfg), result_settings(cfg)
-    changed = [k for k in sorted(saved) if saved[k] != given.get(k)]
+    # Keys of either side (each model has its own sections); another model is named as such.
+    changed = sorted((k for k in saved.keys() | given.keys() if saved.get(k) != given.get(k)), key=lambda k: (k != "model.name", k))
     if changed:
         k = changed[0]
         raise BadInput(
-            f"--resume {run_dir}: {k} is {given.get(k)!r} but the run used {saved[k]!r}"
+            f"--resume {run_dir}: {k} is {given.get(k)!r} but the run used {saved.get(k)!r}"
             f"{f' (and {len(changed) - 1} more keys)' if len(changed) > 1 else ''}; resume with the run's settings or start a new run"
         )
     if manifest_hash != info.data.manifest_hash:

@@ -66,7 +66,7 @@ from dsrsd_cli.engine.scoring import probabilities
 from dsrsd_cli.engine.stats import nearly_constant
 from dsrsd_cli.errors import BadInput, WorkFailed
 from dsrsd_cli.io import sha256_file, to_jsonable, write_json
-from dsrsd_cli.model.diagnostics import MechanismProbe, meaning
+from dsrsd_cli.model.diagnostics import MechanismProbe, gate_shares, meaning
 from dsrsd_cli.report import (
     explain_groups_table, explain_table, mechanisms_table, plot_explain, plot_explain_groups, plot_mechanisms, print_json,
 )
@@ -365,12 +365,11 @@ def mean_abs_change(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _mean_shares(gates: np.ndarray) -> np.ndarray:
-    """(n, G) gate weights -> (G,) each stream's mean share of its unit's total weight (softmax
-    gates are shares already; sigmoid gates, dsrsd.gate, are not), in float64 over blocks of rows."""
+    """(n, G) gate weights -> (G,) each stream's mean share of its unit's weights
+    (diagnostics.gate_shares), summed in float64 over blocks of rows (the cache is memory-mapped)."""
     total = np.zeros(gates.shape[1:])
     for i in range(0, len(gates), BLOCK_ROWS):
-        block = gates[i:i + BLOCK_ROWS].astype(np.float64)
-        total += (block / np.maximum(block.sum(1, keepdims=True), 1e-300)).sum(0)
+        total += gate_shares(torch.from_numpy(np.asarray(gates[i:i + BLOCK_ROWS]))).sum(0).numpy()
     return total / len(gates)
 
 

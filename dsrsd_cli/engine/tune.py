@@ -254,8 +254,8 @@ def _check_identity(study, identity: dict[str, Any], out: Path) -> None:
     hint = "; continue it with its own settings or choose another --out"
     if saved.get("model") != identity["model"]:
         raise BadInput(f"{where} --model {saved.get('model')!r}, not {identity['model']!r}{hint}")
-    old = {MOVED_KEYS.get(k, k): v for k, v in saved.get("settings", {}).items()   # a study of an older version,
-           if reads_key(identity["model"], MOVED_KEYS.get(k, k))}                  # which kept every section
+    moved = {MOVED_KEYS.get(k, k): v for k, v in saved.get("settings", {}).items()}   # a study of an older version,
+    old = {k: v for k, v in moved.items() if reads_key(identity["model"], k)}         # which kept every section
     new = identity["settings"]
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if changed:

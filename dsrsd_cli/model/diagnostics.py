@@ -215,11 +215,17 @@ def shared_private_cosine(shared: Mapping[str, Tensor], private: Mapping[str, Te
 
 # ---------------------------------------------------------------- gates
 
-def _gate_sums(gates: Tensor) -> tuple[float, Tensor, int]:
-    """(sum of per-unit entropies, (G,) sum of shares, units) of gates (V, G). Each unit's weights
-    are taken as shares of their sum, which softmax gates already are and sigmoid gates are not."""
+def gate_shares(gates: Tensor) -> Tensor:
+    """(V, G) gate weights -> (V, G) float64 on the CPU: each unit's weights as shares of their
+    sum, which softmax gates already are and sigmoid gates (dsrsd.gate) are not. Every gate
+    statistic (here and in `explain`) reads these."""
     g = gates.detach().to("cpu", torch.float64)
-    g = g / g.sum(-1, keepdim=True).clamp(min=1e-300)
+    return g / g.sum(-1, keepdim=True).clamp(min=1e-300)
+
+
+def _gate_sums(gates: Tensor) -> tuple[float, Tensor, int]:
+    """(sum of per-unit entropies, (G,) sum of shares, units) of gates (V, G)."""
+    g = gate_shares(gates)
     entropy = -(g * g.clamp(min=1e-300).log()).sum(-1)     # 0 log 0 = 0: closed streams add nothing
     return float(entropy.sum()), g.sum(0), int(g.shape[0])
 

@@ -422,6 +422,37 @@ def test_two_workers_identical(prepared, tmp_path):
     assert pq.read_table(tmp_path / "w2" / "interactions.parquet").equals(table)
     for name in ("interactions.parquet", "splits.parquet", "questions.parquet"):
         assert (tmp_path / "w2" / name).read_bytes() == (tmp_path / "w1" / name).read_bytes(), name
+    # the training arrays came back from the workers through files (ednet_workers._send): the
+    # same bytes, and nothing of that traffic is left in the folder
+    listing = sorted(str(f.relative_to(tmp_path / "w1")) for f in (tmp_path / "w1").rglob("*"))
+    assert sorted(str(f.relative_to(tmp_path / "w2")) for f in (tmp_path / "w2").rglob("*")) == listing
+    for name in listing:
+        if name.startswith("arrays/"):
+            assert (tmp_path / "w2" / name).read_bytes() == (tmp_path / "w1" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("users", [["u1", "u2"], []])
+def test_a_batch_result_sent_by_file_comes_back_whole(tmp_path, users):
+    """A worker's table and arrays travel by file (ednet_workers._send / _receive), an empty
+    batch too; the files are gone once received."""
+    import pyarrow as pa
+    from dsrsd_cli.data.ednet_workers import _receive, _send
+
+    n = 3 if users else 0
+    table = pa.table({"user": pa.array(["u1", "u1", "u2"][:n]), "position": pa.array([0, 1, 0][:n], pa.int32())})
+    codes = np.array([0, 0, 1][:n], np.int64)
+    arrays = {"question": np.arange(n, dtype=np.int32), "tags": np.arange(2 * n, dtype=np.int16).reshape(n, 2)} if n else {}
+    sent = _send({"table": table, "arrays": (np.array(users, object), codes, arrays), "rows_in": 7},
+                 tmp_path / "000003")
+    assert "table" not in sent and "arrays" not in sent      # what the pipe carries: no rows
+    back = _receive(sent)
+    assert back["rows_in"] == 7 and back["table"].equals(table)
+    names, back_codes, back_arrays = back["arrays"]
+    assert list(names) == users and np.array_equal(back_codes, codes) and back_codes.dtype == np.int64
+    assert back_arrays.keys() == arrays.keys()
+    for key, values in arrays.items():
+        assert back_arrays[key].dtype == values.dtype and np.array_equal(back_arrays[key], values), key
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------- interrupted runs

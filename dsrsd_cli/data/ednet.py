@@ -10,8 +10,9 @@ Pipeline (memory stays flat in the number of learners):
 
     RawSource listing -> learners sorted by id (ednet_listing) -> batches of learners -> worker processes
       (read the members in place, one pyarrow.csv parse per batch on the concatenated
-       bodies, numpy for every feature) -> results in order -> ParquetWriter, one row
-       group per batch -> splits + manifest (only the learner ids are kept meanwhile)
+       bodies, numpy for every feature, the training arrays) -> results in order, by file
+      (ednet_workers) -> ParquetWriter, one row group per batch, and the arrays appended
+      (ednet_store) -> splits + manifest (only the learner ids are kept meanwhile)
 
 Row definitions (one row per answered question; `shown` = when its bundle was shown:
 the KT1 timestamp of the bundle's first question, or the `enter` of the bundle):
@@ -74,7 +75,7 @@ from dsrsd_cli.data.ednet_contents import Contents, parse_contents
 from dsrsd_cli.data.ednet_format import Drops, SourceVocab, location
 from dsrsd_cli.data.ednet_listing import Learners, list_source
 from dsrsd_cli.data.ednet_store import StoreWriter, write_store
-from dsrsd_cli.data.ednet_workers import Runner, system_memory_pool
+from dsrsd_cli.data.ednet_workers import RESULTS_DIR, Runner, system_memory_pool
 from dsrsd_cli.data.schema import EDNET_INTERACTIONS, EDNET_SPLITS, SCHEMA_VERSION
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.io import atomic_dir, write_json
@@ -130,7 +131,8 @@ def prepare_ednet(
             store = StoreWriter(tmp)   # the training arrays, from what the workers computed
             totals = _write_interactions(runner.map(tasks), tmp / "interactions.parquet", drops, progress, size, n, store)
             runner.close(ok=True)   # their memory is free for the splits and the manifest
-            shutil.rmtree(tmp / ".spool", ignore_errors=True)
+            for scratch in (".spool", RESULTS_DIR):
+                shutil.rmtree(tmp / scratch, ignore_errors=True)
             users = np.concatenate(totals.users)
             if not len(users):
                 raise BadInput(f"{raw}: no usable answers in the learner files (dropped: {dict(drops.counts)}); "

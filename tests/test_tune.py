@@ -195,6 +195,21 @@ def test_three_trials_write_a_best_toml_in_the_space_equal_to_the_best_trial(oul
     assert (table["seconds"] > 0).all() and (table["epochs"] >= 1).all()
 
 
+def test_trials_never_score_the_test_split(study3):
+    """Tuning reads validation only, and a trial does not even compute test metrics or
+    predictions: nothing of the test split can be looked at while tuning."""
+    out, _ = study3
+    for number in range(3):
+        run_dir = out / "trials" / f"trial_{number}"
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert "valid" in metrics and "test" not in metrics, number
+        assert not (run_dir / "predictions.parquet").exists(), number
+        assert "test AUC" not in (run_dir / "log.txt").read_text(), number
+    from dsrsd_cli.engine.compare import load_runs
+    with pytest.raises(BadInput, match="validation only"):
+        load_runs([out / "trials" / "trial_0", out / "trials" / "trial_1"])
+
+
 def test_the_same_command_again_trains_nothing(oulad_sample, study3, monkeypatch):
     out, first = study3
     before = _finished(_study(out))

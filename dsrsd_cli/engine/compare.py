@@ -317,6 +317,9 @@ def load_runs(run_dirs: Sequence[Path]) -> tuple[list[Run], pd.DataFrame]:
     frames = []
     for info in infos:
         path = info.run_dir / PREDICTIONS_FILE
+        if (info.run_dir / METRICS_FILE).is_file() and not path.is_file():
+            raise BadInput(f"{info.run_dir}: scored on validation only (a `dsrsd tune` trial), no {PREDICTIONS_FILE}; "
+                           "compare runs trained with the chosen values: `dsrsd compare --preset STUDY/best.toml ...`")
         if not is_complete(info.run_dir):
             raise BadInput(f"{info.run_dir}: unfinished (no {METRICS_FILE} or {PREDICTIONS_FILE}); finish it with `dsrsd train --resume {info.run_dir}`")
         frame = pd.read_parquet(path)

@@ -56,8 +56,9 @@ def lightgbm_params(cfg: RunConfig, n_outputs: int) -> dict:
 
 
 def fit_run(cfg: RunConfig, *, out: Path | None, resume: Path | None, console: Console,
-            on_epoch: Callable[[int, float], None] | None = None) -> Path:
-    """Fit `cfg` (a fitted model, e.g. gbdt) into a run folder; returns the folder."""
+            on_epoch: Callable[[int, float], None] | None = None, test: bool = True) -> Path:
+    """Fit `cfg` (a fitted model, e.g. gbdt) into a run folder; returns the folder.
+    `test=False`: the final evaluation scores valid only (train_run)."""
     import lightgbm as lgb
 
     from dsrsd_cli.data.features import build_features, fit_question_stats
@@ -124,7 +125,8 @@ def fit_run(cfg: RunConfig, *, out: Path | None, resume: Path | None, console: C
     try:
         for r, value in enumerate(values):
             curves.scalars({metric: value}, r + 1, prefix="valid/")
-        metrics = final_evaluation(model, run_dir, prepared, cfg, spec, device, where, eval_batch, console, log)
+        metrics = final_evaluation(model, run_dir, prepared, cfg, spec, device, where, eval_batch, console, log,
+                                   splits=("valid", "test") if test else ("valid",))
         curves.hparams(flat_keys(cfg), tensorboard.final_aucs(metrics), best_round)
     finally:
         curves.close()

@@ -60,8 +60,9 @@ class TrainingInterrupted(WorkFailed):
 # ---------------------------------------------------------------- the loop
 
 def train_run(cfg: RunConfig, *, out: Path | None = None, resume: Path | None = None, console: Console | None = None,
-              quiet: bool = False, on_epoch: Callable[[int, float], None] | None = None) -> Path:
-    """Train `cfg`, write the run folder, evaluate the best weights on valid and test.
+              quiet: bool = False, on_epoch: Callable[[int, float], None] | None = None, test: bool = True) -> Path:
+    """Train `cfg`, write the run folder, evaluate the best weights on valid and test
+    (`test=False`: on valid only, no predictions file; `dsrsd tune`'s trials never score test).
 
     Returns the run folder. `resume`: a run folder to continue (its config must match `cfg`).
     Progress goes to `console` (default: stderr) unless `quiet`; only rank 0 prints.
@@ -77,7 +78,7 @@ def train_run(cfg: RunConfig, *, out: Path | None = None, resume: Path | None = 
     if model_kind(cfg.model.name) == "fitted":
         from dsrsd_cli.engine.fit import fit_run
 
-        return fit_run(cfg, out=out, resume=resume, console=console, on_epoch=on_epoch)
+        return fit_run(cfg, out=out, resume=resume, console=console, on_epoch=on_epoch, test=test)
     device = resolve_device(cfg.train.device)
     if device.type == "cuda" and env.distributed:
         device = torch.device("cuda", env.local_rank)
@@ -85,7 +86,8 @@ def train_run(cfg: RunConfig, *, out: Path | None = None, resume: Path | None = 
     created_group = init_distributed(env, device)
     restore_globals = _set_determinism(device, cfg.train.threads)
     try:
-        return Trainer(cfg, env, device, console, out=out, resume=resume, on_epoch=on_epoch, entered=entered).fit()
+        return Trainer(cfg, env, device, console, out=out, resume=resume, on_epoch=on_epoch, entered=entered,
+                       test=test).fit()
     finally:
         restore_globals()
         if created_group:
@@ -97,9 +99,10 @@ class Trainer:
     from a run folder's saved state. `fit()` runs the epochs left and the final evaluation."""
 
     def __init__(self, cfg: RunConfig, env: DistEnv, device: torch.device, console: Console, *, out: Path | None, resume: Path | None,
-                 on_epoch: Callable[[int, float], None] | None = None, entered: float | None = None):
+                 on_epoch: Callable[[int, float], None] | None = None, entered: float | None = None, test: bool = True):
         self.cfg, self.env, self.device, self.console = cfg, env, device, console
         self.on_epoch = on_epoch
+        self.final_splits = ("valid", "test") if test else ("valid",)
         self.entered = time.time() if entered is None else entered   # when train_run began (time.time())
         self.first_step_logged = False
         self.prepared = open_prepared(cfg.data.path)
@@ -172,7 +175,7 @@ class Trainer:
                 torch.distributed.barrier()   # rank 0 has written the best weights every rank loads
             # every rank scores its shard of valid and test; rank 0 gathers, writes and reports
             metrics = final_evaluation(self.model, self.run_dir, self.prepared, self.cfg, self.spec, self.device, self.where,
-                                       self.eval_batch, self.console, self.log, env=self.env)
+                                       self.eval_batch, self.console, self.log, env=self.env, splits=self.final_splits)
             if self.env.is_main:
                 self.curves.hparams(flat_keys(self.cfg), tensorboard.final_aucs(metrics), self.where.global_step)
         finally:
@@ -332,17 +335,17 @@ def _validate(model: nn.Module, loader, device: torch.device, spec, tau: float) 
 
 
 def final_evaluation(model, run_dir, prepared, cfg, spec, device, where: LoopState, eval_batch, console, log,
-                     env: DistEnv = DistEnv()) -> dict[str, Any]:
-    """Best weights on valid and test: metrics.json and predictions.parquet (test). Also the
-    end of a fitted model's run (engine/fit.py). Streamed: the test predictions are written
-    batch by batch under a temporary name (renamed after metrics.json), the metrics come from
-    compact label/probability arrays. Called on every rank with `env` (DDP), each scores its
-    shard and rank 0 writes and reports (the other ranks return {})."""
+                     env: DistEnv = DistEnv(), splits: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
+    """Best weights on `splits`: metrics.json, and predictions.parquet when test is one of them.
+    Also the end of a fitted model's run (engine/fit.py). Streamed: the test predictions are
+    written batch by batch under a temporary name (renamed after metrics.json), the metrics come
+    from compact label/probability arrays. Called on every rank with `env` (DDP), each scores
+    its shard and rank 0 writes and reports (the other ranks return {})."""
     model.load_state_dict(load_weights(run_dir / WEIGHTS_FILE))
     attach_data(model, prepared, cfg.data)
     results = {}
-    with output_file(run_dir / PREDICTIONS_FILE, env) as predictions:
-        for split in ("valid", "test"):
+    with output_file(run_dir / PREDICTIONS_FILE, env) if "test" in splits else contextlib.nullcontext() as predictions:
+        for split in splits:
             loader = make_loader(prepared, split, cfg.data, shuffle=False, seed=cfg.train.seed, batch_size=eval_batch,
                                  rank=env.rank, world_size=env.world_size)
             scores = score_split(model, loader, device, env, n_outputs=spec.n_outputs, classes=class_names(spec),
@@ -352,8 +355,9 @@ def final_evaluation(model, run_dir, prepared, cfg, spec, device, where: LoopSta
             return {}
         metrics = {**results, "best_epoch": where.best_epoch, "epochs_run": where.epoch, "model": cfg.model.name, "seed": cfg.train.seed}
         write_json(run_dir / METRICS_FILE, to_jsonable(metrics))
-    console.print(metrics_table(f"{run_dir} ({cfg.model.name}, best epoch {where.best_epoch})", {s: results[s] for s in ("valid", "test")}))
-    log(f"final: valid AUC {results['valid'].get('auc')}, test AUC {results['test'].get('auc')} (best epoch {where.best_epoch})")
+    console.print(metrics_table(f"{run_dir} ({cfg.model.name}, best epoch {where.best_epoch})", results))
+    aucs = ", ".join(f"{split} AUC {results[split].get('auc')}" for split in splits)
+    log(f"final: {aucs} (best epoch {where.best_epoch})")
     return metrics
 
 

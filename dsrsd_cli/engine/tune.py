@@ -7,7 +7,8 @@ trial's sampled values, trained into OUT/trials/trial_<number>/. Its validation 
 reported after every epoch (step = epoch - 1), so the median pruner can stop a poor trial
 from its second epoch on (n_warmup_steps=1; never at the last epoch, where stopping saves
 nothing); a trial's value is its run's best validation AUC (metrics.json "valid" "auc").
-Test metrics are never read. The study maximises validation AUC.
+The test split is never scored: a trial's run folder holds validation metrics only (no
+predictions file). The study maximises validation AUC.
 
 OUT (default tunes/<preset stem>-<model, ':' as '-'>) holds:
   study.db    the Optuna study (SQLite). The same command continues an interrupted study:
@@ -71,7 +72,7 @@ from rich.markup import escape
 
 from dsrsd_cli import __version__
 from dsrsd_cli.config import MOVED_KEYS, RunConfig, flat_keys, reads_key, result_settings, write_tuned
-from dsrsd_cli.engine.runs import METRICS_FILE, PREDICTIONS_FILE, STATE_FILE
+from dsrsd_cli.engine.runs import METRICS_FILE, STATE_FILE
 from dsrsd_cli.engine.train import TrainingInterrupted, config_from_cli, train_run
 from dsrsd_cli.engine.tune_space import Dim, family_of, search_space
 from dsrsd_cli.errors import BadInput, WorkFailed
@@ -275,7 +276,8 @@ def _check_identity(study, identity: dict[str, Any], out: Path) -> None:
 # ---------------------------------------------------------------- trials
 
 def is_complete(run_dir: Path) -> bool:
-    return (run_dir / METRICS_FILE).is_file() and (run_dir / PREDICTIONS_FILE).is_file()
+    """A trial's run folder is finished once its metrics.json, written last, is there."""
+    return (run_dir / METRICS_FILE).is_file()
 
 
 def trial_dir(out: Path, number: int) -> Path:
@@ -362,12 +364,12 @@ class _Runner:
                 self.console.print(f"  {escape(str(run_dir))}: interrupted earlier, resuming", highlight=False)
                 self._replay(run_dir, trial, on_epoch)
                 self.trained_now += 1
-                train_run(cfg, resume=run_dir, quiet=True, on_epoch=on_epoch)
+                train_run(cfg, resume=run_dir, quiet=True, on_epoch=on_epoch, test=False)
             else:
                 if run_dir.exists():
                     shutil.rmtree(run_dir)   # stopped before its first epoch ended: nothing to keep
                 self.trained_now += 1
-                train_run(cfg, out=run_dir, quiet=True, on_epoch=on_epoch)
+                train_run(cfg, out=run_dir, quiet=True, on_epoch=on_epoch, test=False)
         except optuna.TrialPruned as e:
             self.study.tell(trial, state=TrialState.PRUNED)
             self.console.print(f"  {escape(str(e))}", highlight=False)

@@ -53,6 +53,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))   # ednet_ceiling, also when loaded by path (tests)
 MODELS = {
     "ednet": "dsrsd,early,late,concat,coattn,single:item,single:content,single:behavior,gbdt",
     "oulad": "dsrsd,early,late,concat,coattn,single:demographics,single:clicks,single:assessments,gbdt",
@@ -250,6 +251,8 @@ def oracle_auc(dataset: str, data: Path, run_dir: Path) -> dict[str, float]:
     "oracle": the probabilities an ideal model reading the same logs is measured against
     (EdNet: p_correct; OULAD: `oracle_at_risk` at the run's cutoff, which conditions on the
     withdrawal the logs show). OULAD also gives "latent_only": p_at_risk, which ignores it.
+    EdNet also gives "ceiling": the oracle with each learner's ability and each question's
+    difficulty learned from the logs (benchmarks/ednet_ceiling.py).
     """
     manifest = json.loads((data / "manifest.json").read_text())
     truth = pd.read_parquet(manifest["sample"]["ground_truth"])
@@ -258,8 +261,10 @@ def oracle_auc(dataset: str, data: Path, run_dir: Path) -> dict[str, float]:
         inter = pd.read_parquet(data / "interactions.parquet", columns=["user", "position", "timestamp", "question"])
         qids = pd.read_parquet(data / "questions.parquet", columns=["question", "question_id"])
         rows = pred.merge(inter, on=["user", "position"]).merge(qids, on="question")
-        rows = rows.merge(truth, on=["user", "timestamp", "question_id"], how="left")
-        columns = {"oracle": "p_correct"}
+        from ednet_ceiling import with_learned_terms
+
+        rows = rows.merge(with_learned_terms(truth, data), on=["user", "timestamp", "question_id"], how="left")
+        columns = {"oracle": "p_correct", "ceiling": "logit_learned"}
     else:
         from dsrsd_cli.samples.oulad import oracle_at_risk
 
@@ -361,6 +366,9 @@ def sample_part(dataset: str, args) -> tuple[list[str], list]:
     oracle, dsrsd = oracles["oracle"], ref["metrics"]["auc"]["mean"]
     latent = (f" (the latent-only p_at_risk, which ignores the withdrawal the logs show: {oracles['latent_only']:.4f})"
               if "latent_only" in oracles else "")
+    if "ceiling" in oracles:
+        latent = (f"; with each learner's ability and each question's difficulty learned from the logs instead of known "
+                  f"(benchmarks/ednet_ceiling.py; content and focus still known): {oracles['ceiling']:.4f}")
     lines = [f"## Built-in {dataset} sample ({result['test_rows']:,} test rows, {result['learners']:,} learners, "
              f"{args.seeds} seeds, preset `{PRESETS[dataset]}`{_tuned_title(args)})", "",
              f"Oracle AUC (ground-truth probabilities, same test rows): **{oracle:.4f}**{latent}; "

@@ -173,7 +173,7 @@ class Trainer:
                     self._epoch(progress)
             if self.env.distributed:
                 torch.distributed.barrier()   # rank 0 has written the best weights every rank loads
-            # every rank scores its shard of valid and test; rank 0 gathers, writes and reports
+            # every rank scores its shard of the final splits; rank 0 gathers, writes and reports
             metrics = final_evaluation(self.model, self.run_dir, self.prepared, self.cfg, self.spec, self.device, self.where,
                                        self.eval_batch, self.console, self.log, env=self.env, splits=self.final_splits)
             if self.env.is_main:

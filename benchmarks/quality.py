@@ -45,12 +45,15 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 from sklearn.metrics import roc_auc_score
+
+from dsrsd_cli.processes import leave_with   # a killed benchmark's workers stop training
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))   # ednet_ceiling, also when loaded by path (tests)
@@ -112,7 +115,7 @@ def train_all(preset: str, models: str, seeds: int, overrides: list[str], data: 
     jobs = [(c.model_dump(), str(out / runs / run_folder_name(c.model.name, c.train.seed))) for c in configs]
     in_plan_order = [Path(run_dir) for _, run_dir in jobs]
     jobs = sorted(jobs, key=lambda job: SLOW_FIRST.get(job[0]["model"]["name"].partition(":")[0], 9))
-    with mp.get_context("spawn").Pool(workers) as pool:
+    with mp.get_context("spawn").Pool(workers, initializer=leave_with, initargs=(os.getpid(),)) as pool:
         pool.map(_train_one, jobs, chunksize=1)
     return in_plan_order
 
@@ -149,7 +152,7 @@ def tune_models(preset: str, models: str, trials: int, overrides: list[str], dat
     jobs = [(m, trials, preset, sets, str(data), str(tune_dir(root, m))) for m in names]
     jobs.sort(key=lambda job: SLOW_FIRST.get(job[0].partition(":")[0], 9))
     if workers > 1 and len(jobs) > 1:
-        with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+        with mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=leave_with, initargs=(os.getpid(),)) as pool:
             summaries = pool.map(_tune_one, jobs, chunksize=1)
     else:
         summaries = [_tune_one(job) for job in jobs]

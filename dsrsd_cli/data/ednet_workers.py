@@ -21,7 +21,6 @@ import mmap
 import multiprocessing as mp
 import os
 import threading
-import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -40,6 +39,7 @@ from dsrsd_cli.data.ednet_contents import Contents
 from dsrsd_cli.data.ednet_row_arrays import RowRules, chunk_arrays
 from dsrsd_cli.errors import WorkFailed
 from dsrsd_cli.memory import trim_heap
+from dsrsd_cli.processes import leave_with
 
 _CACHE: dict = {}  # per process: the contents and the open reader of the current run
 RESULTS_DIR = ".results"   # in the output's temporary folder: batch results on their way to the main process
@@ -132,7 +132,7 @@ def _init_worker(main_pid: int) -> None:
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
     pa.set_memory_pool(pa.system_memory_pool())   # see system_memory_pool() below
-    threading.Thread(target=_exit_with, args=(main_pid,), daemon=True).start()
+    leave_with(main_pid)   # a killed main process (SIGKILL) cannot stop its workers: they leave on their own
 
 
 @contextlib.contextmanager
@@ -146,16 +146,6 @@ def system_memory_pool() -> Iterator[None]:
         yield
     finally:
         pa.set_memory_pool(before)
-
-
-def _exit_with(main_pid: int) -> None:
-    """A killed main process (SIGKILL) cannot stop its workers: they leave on their own."""
-    while True:
-        time.sleep(1.0)
-        try:
-            os.kill(main_pid, 0)
-        except ProcessLookupError:
-            os._exit(1)
 
 
 class Runner:

@@ -398,12 +398,13 @@ def real_part(args) -> tuple[list[str], list]:
 
     data = prepared_real_oulad(args.out)
     models = args.models or REAL_MODELS
-    tuned, tune_md = tuning("real", "oulad", models, REAL_OVERRIDES, data, args)
-    runs = train_all("oulad", models, args.seeds, REAL_OVERRIDES, data, args.out / "compare_oulad_real", args.workers,
+    overrides = [*REAL_OVERRIDES, *args.set_real]
+    tuned, tune_md = tuning("real", "oulad", models, overrides, data, args)
+    runs = train_all("oulad", models, args.seeds, overrides, data, args.out / "compare_oulad_real", args.workers,
                      tuned, runs_folder(args.tune_trials))
     result = compare(runs, out=args.out / "compare_oulad_real", device="cpu")
     lines = [f"## Real OULAD extract: at_risk at cutoff day 100 ({result['test_rows']:,} test registrations, "
-             f"{args.seeds} seeds{_tuned_title(args)})", ""]
+             f"{args.seeds} seeds{_tuned_title(args)}{''.join(f', {o}' for o in args.set_real)})", ""]
     lines += comparison_lines(result, valid_auc=True) + [""] + tune_md
     return lines, versus_targets("real OULAD", result)
 
@@ -485,6 +486,8 @@ def main() -> None:
     ap.add_argument("--parts", default="ednet,oulad,real,ablation-ednet,ablation-oulad,curve-ednet,curve-oulad")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for the sample parts, as `dsrsd train --set` (repeatable)")
+    ap.add_argument("--set-real", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for the real part, e.g. train.epochs=6 for a smaller equal budget (repeatable)")
     ap.add_argument("--models", default=None, help="a subset for a quicker look, e.g. dsrsd,early,gbdt (default: the part's)")
     ap.add_argument("--tune-trials", type=int, default=0, metavar="N",
                     help="equal tuning: with N > 0, every model of a part (DSRSD-Net, each baseline, gbdt) is first tuned by "

@@ -361,3 +361,34 @@ def test_a_study_of_an_older_version_continues_for_a_baseline_but_not_for_the_mo
     _check_identity(old_study("dsrsd"), identity("dsrsd", **{"dsrsd.tau": 0.2}), tmp_path)  # same values: continues
     with pytest.raises(BadInput, match="dsrsd.tau = 0.2, not 0.5"):
         _check_identity(old_study("dsrsd"), identity("dsrsd", **{"dsrsd.tau": 0.5}), tmp_path)
+
+
+def test_a_preset_holding_an_earlier_winner_is_not_drawn_again():
+    """`dsrsd tune --into` writes a study's winner into the preset; a new study of that preset
+    starts from it (trial 0) and must not draw it again at the winner's trial number."""
+    from dsrsd_cli.engine.tune import enqueue_preset, make_sampler, preset_salt
+
+    base = RunConfig()
+    space = search_space("early", base)
+
+    def draws(start: RunConfig, n: int) -> list[dict]:
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(0, 0))
+        enqueue_preset(study, start, space)
+        out = []
+        for i in range(n):   # as _Runner.run_until seeds each trial
+            study.sampler = make_sampler(0, i, preset_salt(study))
+            trial = study.ask()
+            out.append({key: dim.sample(trial, key) for key, dim in space.items()})
+            study.tell(trial, 0.5 + i / 100)
+        return out
+
+    first = draws(base, 4)
+    for winner in (1, 2, 3):   # whichever trial won, written into the preset
+        updates = {}
+        for key, value in first[winner].items():
+            section, name = key.split(".")
+            updates.setdefault(section, {})[name] = value
+        tuned = base.model_copy(update={s: getattr(base, s).model_copy(update=u) for s, u in updates.items()})
+        second = draws(tuned, 4)
+        assert second[0] == first[winner]                    # trial 0: the preset, i.e. the old winner
+        assert all(d != first[winner] for d in second[1:]), winner

@@ -24,8 +24,9 @@ OUT (default tunes/<preset stem>-<model, ':' as '-'>) holds:
   trials.csv  number, state, value, seconds, epochs, then one column per searched key.
 
 Sampling is reproducible: before each trial the TPE sampler is seeded from (--seed, the
-number of finished trials), so a killed and continued study samples what the uninterrupted
-one would have.
+number of finished trials, a digest of the study's trial 0), so a killed and continued study
+samples what the uninterrupted one would have, and a study of a preset that holds an earlier
+study's winner does not draw that winner again (`preset_salt`).
 
 Search space (SEARCH_SPACE in engine/tune_space.py, the one place it is defined; "log" = log-uniform):
 
@@ -57,6 +58,7 @@ A key given with --set is fixed at that value and not searched.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -141,9 +143,22 @@ def make_pruner():
     return optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_STEPS)
 
 
-def make_sampler(seed: int, n_finished: int):
-    """TPE seeded from (seed, finished trials): a continued study samples like an uninterrupted one."""
-    return optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([seed, n_finished]).generate_state(1)[0]))
+def make_sampler(seed: int, n_finished: int, salt: int = 0):
+    """TPE seeded from (seed, finished trials, the study's `preset_salt`): a continued study
+    samples like an uninterrupted one."""
+    return optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([seed, n_finished, salt]).generate_state(1)[0]))
+
+
+def preset_salt(study) -> int:
+    """A digest of the study's trial 0 (the preset's values; 0 without one). Without it, a
+    study of a preset that holds an earlier study's winner (`dsrsd tune --into`) drew that
+    winner again at the same trial number: a trial of the budget spent on a repeat (found
+    re-tuning the shipped `oulad` tables: trial 1 of dsrsd, early and concat, trial 2 of gbdt)."""
+    first = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("preset")), None)
+    if first is None:
+        return 0
+    values = first.system_attrs.get("fixed_params") or first.params
+    return int.from_bytes(hashlib.sha256(json.dumps(values, sort_keys=True).encode()).digest()[:8], "little")
 
 
 def tune(
@@ -332,7 +347,7 @@ class _Runner:
         failures = 0
         while len(_finished(self.study)) < n_trials:
             n_finished = len(_finished(self.study))
-            self.study.sampler = make_sampler(self.seed, n_finished)
+            self.study.sampler = make_sampler(self.seed, n_finished, preset_salt(self.study))
             trial = self.study.ask()
             self.console.print(f"[bold]\\[trial {trial.number}][/bold] {n_finished} of {n_trials} trials finished", highlight=False)
             state = self._run_trial(trial)

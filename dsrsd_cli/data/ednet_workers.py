@@ -9,8 +9,9 @@ A batch's table and training arrays (~180 bytes an answer) come back through two
 the output's temporary folder (RESULTS_DIR: an Arrow IPC file and the raw arrays), which
 the main process maps and deletes; only the counts travel through the pool's pipe. Pickled
 through the pipe, 64 KB at a time and under the main process's GIL, they cost more CPU than
-the parse they carried: 100,000 learners took 23.8 CPU-seconds over all processes with two
-workers against 14.9 in one process doing all the work (benchmarks/prepare_bench.py).
+the parse they carried: 100,000 generated KT1 learners took 23.8 CPU-seconds over all
+processes with two workers against 14.9 in one process doing all the work (the machine's CPU
+time from /proc/stat around the run; docs/results.md, issue 12's fourth pass).
 """
 
 from __future__ import annotations

@@ -125,8 +125,7 @@ def fit_run(cfg: RunConfig, *, out: Path | None, resume: Path | None, console: C
     try:
         for r, value in enumerate(values):
             curves.scalars({metric: value}, r + 1, prefix="valid/")
-        metrics = final_evaluation(model, run_dir, prepared, cfg, spec, device, where, eval_batch, console, log,
-                                   splits=("valid", "test") if test else ("valid",))
+        metrics = final_evaluation(model, run_dir, prepared, cfg, spec, device, where, eval_batch, console, log, test=test)
         curves.hparams(flat_keys(cfg), tensorboard.final_aucs(metrics), best_round)
     finally:
         curves.close()

@@ -102,7 +102,7 @@ class Trainer:
                  on_epoch: Callable[[int, float], None] | None = None, entered: float | None = None, test: bool = True):
         self.cfg, self.env, self.device, self.console = cfg, env, device, console
         self.on_epoch = on_epoch
-        self.final_splits = ("valid", "test") if test else ("valid",)
+        self.test = test   # score test at the end (dsrsd tune's trials do not)
         self.entered = time.time() if entered is None else entered   # when train_run began (time.time())
         self.first_step_logged = False
         self.prepared = open_prepared(cfg.data.path)
@@ -175,7 +175,7 @@ class Trainer:
                 torch.distributed.barrier()   # rank 0 has written the best weights every rank loads
             # every rank scores its shard of the final splits; rank 0 gathers, writes and reports
             metrics = final_evaluation(self.model, self.run_dir, self.prepared, self.cfg, self.spec, self.device, self.where,
-                                       self.eval_batch, self.console, self.log, env=self.env, splits=self.final_splits)
+                                       self.eval_batch, self.console, self.log, env=self.env, test=self.test)
             if self.env.is_main:
                 self.curves.hparams(flat_keys(self.cfg), tensorboard.final_aucs(metrics), self.where.global_step)
         finally:
@@ -335,8 +335,9 @@ def _validate(model: nn.Module, loader, device: torch.device, spec, tau: float) 
 
 
 def final_evaluation(model, run_dir, prepared, cfg, spec, device, where: LoopState, eval_batch, console, log,
-                     env: DistEnv = DistEnv(), splits: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
-    """Best weights on `splits`: metrics.json, and predictions.parquet when test is one of them.
+                     env: DistEnv = DistEnv(), test: bool = True) -> dict[str, Any]:
+    """Best weights on valid and test (`test=False`: valid only): metrics.json, and
+    predictions.parquet of test.
     Also the end of a fitted model's run (engine/fit.py). Streamed: the test predictions are
     written batch by batch under a temporary name (renamed after metrics.json), the metrics come
     from compact label/probability arrays. Called on every rank with `env` (DDP), each scores
@@ -344,7 +345,8 @@ def final_evaluation(model, run_dir, prepared, cfg, spec, device, where: LoopSta
     model.load_state_dict(load_weights(run_dir / WEIGHTS_FILE))
     attach_data(model, prepared, cfg.data)
     results = {}
-    with output_file(run_dir / PREDICTIONS_FILE, env) if "test" in splits else contextlib.nullcontext() as predictions:
+    splits = ("valid", "test") if test else ("valid",)
+    with output_file(run_dir / PREDICTIONS_FILE, env) if test else contextlib.nullcontext() as predictions:
         for split in splits:
             loader = make_loader(prepared, split, cfg.data, shuffle=False, seed=cfg.train.seed, batch_size=eval_batch,
                                  rank=env.rank, world_size=env.world_size)

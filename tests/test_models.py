@@ -166,10 +166,12 @@ def test_dsrsd_private_dropout_closes_private_streams_in_training_only(data, nam
     spec, batch = fake(data)
     model = build(spec, name, dsrsd={"private_dropout": 0.5}, modality_dropout=0.0)
     present = torch.stack([batch.present[m][batch.mask] for m in spec.modalities], dim=1)    # (N, M)
-    gates = model.train()(batch).aux["gates"]                                                # (N, 1 + M)
-    closed = (gates[:, 1:] == 0) & present
-    assert 0.3 < closed.sum() / present.sum() < 0.7          # about half of the present private streams
-    assert torch.allclose(gates.sum(-1), torch.ones(gates.shape[0]))
+    closed = 0
+    for _ in range(20):                                      # fresh draws each pass: 20 x 21 to 103 present streams
+        gates = model.train()(batch).aux["gates"]                                            # (N, 1 + M)
+        closed += int(((gates[:, 1:] == 0) & present).sum())
+        assert torch.allclose(gates.sum(-1), torch.ones(gates.shape[0]))
+    assert 0.4 < closed / (20 * int(present.sum())) < 0.6    # about half of the present private streams
     gates = model.eval()(batch).aux["gates"]
     assert not bool(((gates[:, 1:] == 0) & present).any())   # evaluation: every present stream open
 

@@ -276,3 +276,22 @@ def test_predict_under_two_processes_equals_one(trained, ednet_data, tmp_path):
     assert a.index.equals(b.index) and b.index.is_unique
     assert (a["label"] == b["label"]).all() and np.abs(a["probability"] - b["probability"]).max() < 1e-6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.parquet", "two.parquet"]
+
+
+def test_the_forward_benchmark_scores_a_run_folders_test_batches(trained, capsys):
+    """benchmarks/eval_forward_bench.py (issue 12's evaluation figures) runs on a run folder."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_forward_bench.py"
+    spec = importlib.util.spec_from_file_location("eval_forward_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        medians = bench.main([str(trained), "--batches", "2", "--rounds", "1", "--threads", "1", "--eval-batch-size", "4"])
+    finally:
+        torch.set_num_threads(threads)
+    assert list(medians) == [str(trained)] and medians[str(trained)] > 0
+    _, batches, answers = bench.test_batches(str(trained), 2, 4)
+    assert len(batches) == 2 and batches[0].valid.shape[0] == 4 and answers == sum(int(b.mask.sum()) for b in batches)
+    assert "median" in capsys.readouterr().out

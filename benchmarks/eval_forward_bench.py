@@ -22,12 +22,14 @@ from dsrsd_cli.data.loader import make_loader
 from dsrsd_cli.engine.runs import load_run
 
 
-def test_batches(run_dir: str, n_batches: int, eval_batch_size: int | None):
+def load_test_batches(run_dir: str, n_batches: int, eval_batch_size: int | None):
     """(model, the first n_batches test batches, their scored answers) of a run folder."""
     run = load_run(run_dir)
     batch_size = eval_batch_size or run.cfg.train.eval_batch_size or run.cfg.data.batch_size   # as evaluate's
     loader = make_loader(run.prepared, "test", run.cfg.data, shuffle=False, seed=run.cfg.train.seed, batch_size=batch_size)
     batches = [batch for _, batch in zip(range(n_batches), loader)]
+    if not batches:
+        raise SystemExit(f"{run_dir}: its test split has no rows to score")
     return run.model, batches, sum(int(batch.mask.sum()) for batch in batches)
 
 
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--eval-batch-size", type=int, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    loaded = {run: test_batches(run, args.batches, args.eval_batch_size) for run in args.runs}
+    loaded = {run: load_test_batches(run, args.batches, args.eval_batch_size) for run in args.runs}
     rates: dict[str, list[float]] = {run: [] for run in args.runs}
     with torch.inference_mode():
         for model, batches, _ in loaded.values():

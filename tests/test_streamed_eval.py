@@ -292,6 +292,6 @@ def test_the_forward_benchmark_scores_a_run_folders_test_batches(trained, capsys
     finally:
         torch.set_num_threads(threads)
     assert list(medians) == [str(trained)] and medians[str(trained)] > 0
-    _, batches, answers = bench.test_batches(str(trained), 2, 4)
+    _, batches, answers = bench.load_test_batches(str(trained), 2, 4)
     assert len(batches) == 2 and batches[0].valid.shape[0] == 4 and answers == sum(int(b.mask.sum()) for b in batches)
     assert "median" in capsys.readouterr().out

@@ -18,16 +18,15 @@ import time
 
 import torch
 
-from dsrsd_cli.data.loader import make_loader
 from dsrsd_cli.engine.runs import load_run
 
 
 def load_test_batches(run_dir: str, n_batches: int, eval_batch_size: int | None):
     """(model, the first n_batches test batches, their scored answers) of a run folder."""
     run = load_run(run_dir)
-    batch_size = eval_batch_size or run.cfg.train.eval_batch_size or run.cfg.data.batch_size   # as evaluate's
-    loader = make_loader(run.prepared, "test", run.cfg.data, shuffle=False, seed=run.cfg.train.seed, batch_size=batch_size)
-    batches = [batch for _, batch in zip(range(n_batches), loader)]
+    if eval_batch_size:
+        run.cfg.train.eval_batch_size = eval_batch_size
+    batches = [batch for _, batch in zip(range(n_batches), run.loader("test"))]
     if not batches:
         raise SystemExit(f"{run_dir}: its test split has no rows to score")
     return run.model, batches, sum(int(batch.mask.sum()) for batch in batches)

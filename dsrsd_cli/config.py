@@ -124,6 +124,12 @@ class RunConfig(_Strict):
     train: TrainConfig = TrainConfig()
     gbdt: GBDTConfig = GBDTConfig()
 
+    @property
+    def eval_batch(self) -> int:
+        """Rows per batch when scoring (validation, evaluate, predict, explain, compare):
+        train.eval_batch_size, else data.batch_size."""
+        return self.train.eval_batch_size or self.data.batch_size
+
 
 # Keys that never change a run's result: they may differ on --resume (engine/checkpoint.py),
 # between the runs of one model in `compare` and between the trials of one `tune` study.

@@ -243,10 +243,9 @@ def _whole_and_chunked(run: Path, monkeypatch, bys: tuple[str, ...], batch_size:
     """explain (by each of `bys`) with the passes computed in one chunk, then again in chunks of
     about n / 5 rows (each a few loader batches of `batch_size`): both results, and the chunks
     the second computation wrote."""
-    from dsrsd_cli.data import loader as loader_module
+    from dsrsd_cli.config import RunConfig
 
-    make = loader_module.make_loader
-    monkeypatch.setattr(loader_module, "make_loader", lambda *args, **kwargs: make(*args, **{**kwargs, "batch_size": batch_size}))
+    monkeypatch.setattr(RunConfig, "eval_batch", property(lambda cfg: batch_size))   # every scoring loader's batch size
     appends = _spy(monkeypatch, explain_cache.CacheWriter, "append")
     shutil.rmtree(run / "explain" / "passes_test", ignore_errors=True)
     whole = [explain_run(run, by=by, device="cpu") for by in bys]

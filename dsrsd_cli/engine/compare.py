@@ -364,13 +364,10 @@ def _labels(infos: list[RunInfo]) -> list[str]:
 
 def absent_aucs(run_dir: Path, device: str = "auto") -> dict[str, float]:
     """Test AUC of the run with each modality absent (its learned absent token)."""
-    from dsrsd_cli.data.loader import make_loader
-
     run = load_run(run_dir, device=device)
     out = {}
     with torch_threads(run.cfg.train.threads):
-        loader = make_loader(run.prepared, "test", run.cfg.data, shuffle=False, seed=run.cfg.train.seed,
-                             batch_size=run.cfg.train.eval_batch_size or run.cfg.data.batch_size)
+        loader = run.loader("test")
         for m in run.spec.modalities:
             frame = predict_batches(run.model, loader, run.device, transform=lambda b, m=m: b.without(m),
                                     n_outputs=run.spec.n_outputs, classes=class_names(run.spec))

@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dsrsd_cli.config import DataConfig
-from dsrsd_cli.data.loader import make_loader, make_spec
+from dsrsd_cli.data.loader import make_spec
 from dsrsd_cli.engine.distributed import DistEnv, launch_torchrun, output_file, process_group, rank_device, score_split
 from dsrsd_cli.engine.metrics import area_under_curve
 from dsrsd_cli.engine.runs import LoadedRun, check_compatible, load_run, open_run_data, read_run_info, torch_threads
@@ -126,7 +126,7 @@ def _evaluate(run: LoadedRun, env: DistEnv, *, split, masks, cutoff_days, robust
     if console is None or not env.is_main:
         console = Console(stderr=True, quiet=True)
 
-    loader = _loader(run, split, run.cfg.data, env)
+    loader = run.loader(split, rank=env.rank, world_size=env.world_size)
     if len(loader.dataset) == 0:   # every rank sees the same split: all stop here together
         raise BadInput(f"{run.prepared.path}: the {split} split has no rows to evaluate")
     with output_file(out_dir / f"predictions_{split}.parquet", env) as predictions:
@@ -166,18 +166,11 @@ def _other_passes(run: LoadedRun, env: DistEnv, loader, split: str, masks, cutof
         for day in cutoff_days:
             data_cfg = run.cfg.data.model_copy(update={"cutoff_day": int(day)})
             _check_spec(run, data_cfg)
-            day_scores = _score(run, _loader(run, split, data_cfg, env), env)
+            day_scores = _score(run, run.loader(split, data_cfg=data_cfg, rank=env.rank, world_size=env.world_size), env)
             out["cutoffs"].append({"cutoff_day": int(day), "metrics": _metrics(day_scores)})
     if robustness:
         out["robustness"] = robustness_sweep(run, loader, base_auc=base_auc, console=console, env=env)
     return out
-
-
-def _loader(run: LoadedRun, split: str, data_cfg: DataConfig, env: DistEnv):
-    """This rank's shard of `split` (all of it in a single process), in a fixed order."""
-    batch_size = run.cfg.train.eval_batch_size or data_cfg.batch_size
-    return make_loader(run.prepared, split, data_cfg, shuffle=False, seed=run.cfg.train.seed, batch_size=batch_size,
-                       rank=env.rank, world_size=env.world_size)
 
 
 def _score(run: LoadedRun, loader, env: DistEnv, *, out: Path | None = None, transform: Callable[[Batch], Batch] | None = None) -> Scores | None:

@@ -315,14 +315,11 @@ def _cache_key(run: LoadedRun, split: str) -> str:
 def cached_passes(run: LoadedRun, split: str, console: Console | None = None) -> Passes:
     """The split's passes from RUN_DIR/explain/passes_<split>/, computed (and saved) if missing,
     stale or incomplete."""
-    from dsrsd_cli.data.loader import make_loader
-
     folder = run.run_dir / "explain" / f"passes_{split}"
     key = _cache_key(run, split)
     passes = Passes.open(folder, key)
     if passes is None:
-        batch_size = run.cfg.train.eval_batch_size or run.cfg.data.batch_size
-        loader = make_loader(run.prepared, split, run.cfg.data, shuffle=False, seed=run.cfg.train.seed, batch_size=batch_size)
+        loader = run.loader(split)
         with torch_threads(run.cfg.train.threads), write_cache(folder) as writer:
             writer.finish({"key": key, **compute_passes(run, loader, writer, console)})
         (folder.parent / f"passes_{split}.npz").unlink(missing_ok=True)       # the cache of explain before version 3

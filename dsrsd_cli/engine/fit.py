@@ -119,7 +119,7 @@ def fit_run(cfg: RunConfig, *, out: Path | None, resume: Path | None, console: C
     log(f"fitted {best_round} trees (of {len(values)} tried) in {seconds:.1f}s; valid {metric} {best:.5f}")
 
     where = LoopState(epoch=1, best_epoch=1, best_auc=best if metric == "auc" else -math.inf, finished=True, history=history)
-    eval_batch = cfg.train.eval_batch_size or cfg.data.batch_size
+    eval_batch = cfg.eval_batch
     # the validation curve per boosting round; a refit (--resume) hides the earlier fit's events
     curves = tensorboard.open_logger(cfg.train.log, run_dir, purge_step=0 if resume is not None else None)
     try:

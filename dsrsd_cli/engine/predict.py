@@ -98,7 +98,7 @@ def check_request(run_dir: Path, *, data: Path, out: Path, split: str):
 def predict_to_file(run_dir: Path, *, data: Path, out: Path, split: str = "all", device: str = "auto", console: Console | None = None) -> int:
     """Score `split` of the prepared folder `data` with the run, streaming the predictions to
     OUT; returns the number of rows written (every rank gets rank 0's count under torchrun)."""
-    from dsrsd_cli.data.loader import make_loader, open_prepared
+    from dsrsd_cli.data.loader import open_prepared
 
     env = DistEnv.from_env()
     if console is None or not env.is_main:
@@ -121,8 +121,7 @@ def predict_to_file(run_dir: Path, *, data: Path, out: Path, split: str = "all",
         console.print(f"note: {split} includes learners the run was trained or early-stopped on; their scores are optimistic", highlight=False)
 
     with process_group(env, run.device), torch_threads(run.cfg.train.threads):
-        loader = make_loader(run.prepared, split, run.cfg.data, shuffle=False, seed=run.cfg.train.seed,
-                             batch_size=run.cfg.train.eval_batch_size or run.cfg.data.batch_size, rank=env.rank, world_size=env.world_size)
+        loader = run.loader(split, rank=env.rank, world_size=env.world_size)
         if len(loader.dataset) == 0:
             raise BadInput(f"{data}: the {split} split has no rows to score")
         with output_file(Path(out), env) as target:

@@ -31,10 +31,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
+from torch.utils.data import DataLoader
 
 from dsrsd_cli import __version__
-from dsrsd_cli.config import RunConfig, migrate_config, validate_config
-from dsrsd_cli.data.loader import Prepared, make_spec, open_prepared
+from dsrsd_cli.config import DataConfig, RunConfig, migrate_config, validate_config
+from dsrsd_cli.data.loader import Prepared, make_loader, make_spec, open_prepared
 from dsrsd_cli.errors import BadInput
 from dsrsd_cli.io import atomic_write_bytes, atomic_write_text, read_json, write_json
 from dsrsd_cli.model.registry import build_model, model_names
@@ -310,6 +311,12 @@ class LoadedRun:
     device: torch.device
     info: RunInfo
     same_data: bool                  # the data is the one the run was trained on (manifest hash)
+
+    def loader(self, split: str, *, data_cfg: DataConfig | None = None, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """`split` for scoring, in a fixed order, at the run's eval batch size: this rank's shard
+        (all of it in one process). `data_cfg` replaces the run's data settings (another cutoff day)."""
+        return make_loader(self.prepared, split, data_cfg or self.cfg.data, shuffle=False, seed=self.cfg.train.seed,
+                           batch_size=self.cfg.eval_batch, rank=rank, world_size=world_size)
 
 
 def open_run_data(info: RunInfo, data: Path | None) -> tuple[Prepared, Any, bool]:

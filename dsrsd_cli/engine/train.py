@@ -130,7 +130,7 @@ class Trainer:
             self.prepared, "train", cfg.data, shuffle=True, seed=cfg.train.seed, batch_size=per_rank_batch,
             rank=env.rank, world_size=env.world_size, epoch=epoch,
         )
-        self.eval_batch = cfg.train.eval_batch_size or cfg.data.batch_size
+        self.eval_batch = cfg.eval_batch
         self.valid_loader = make_loader(self.prepared, "valid", cfg.data, shuffle=False, seed=cfg.train.seed, batch_size=self.eval_batch) if env.is_main else None
         n_batches = len(self.train_loader(0))
         if n_batches == 0:

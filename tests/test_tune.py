@@ -363,6 +363,22 @@ def test_a_study_of_an_older_version_continues_for_a_baseline_but_not_for_the_mo
         _check_identity(old_study("dsrsd"), identity("dsrsd", **{"dsrsd.tau": 0.5}), tmp_path)
 
 
+def test_a_study_made_before_a_key_existed_continues_at_that_keys_default(tmp_path):
+    """A key added since (dsrsd.core) ran at its default in the older version: the study
+    continues while the key holds that default, and is refused once it does not."""
+    from types import SimpleNamespace
+
+    from dsrsd_cli.engine.tune import _check_identity
+
+    def identity(**settings):
+        return {"model": "dsrsd", "settings": {"train.lr": 0.002, **settings}, "manifest_hash": "h", "seed": 0, "space": {}}
+
+    older = SimpleNamespace(user_attrs={**identity(), "dsrsd_tune": "0.1.0"}, trials=[1])   # no dsrsd.core saved
+    _check_identity(older, identity(**{"dsrsd.core": "per-modality"}), tmp_path)
+    with pytest.raises(BadInput, match="dsrsd.core = 'per-modality', not 'joint'"):
+        _check_identity(older, identity(**{"dsrsd.core": "joint"}), tmp_path)
+
+
 def test_a_preset_holding_an_earlier_winner_is_not_drawn_again():
     """`dsrsd tune --into` writes a study's winner into the preset; a new study of that preset
     starts from it (trial 0) and must not draw it again at the winner's trial number."""

@@ -273,6 +273,9 @@ def _check_identity(study, identity: dict[str, Any], out: Path) -> None:
     moved = {MOVED_KEYS.get(k, k): v for k, v in saved.get("settings", {}).items()}   # a study of an older version,
     old = {k: v for k, v in moved.items() if reads_key(identity["model"], k)}         # which kept every section
     new = identity["settings"]
+    # A key added since the study was made ran at its default then, as for a run folder's config.json.
+    defaults = flat_keys(RunConfig.model_validate({}))
+    old |= {k: defaults[k] for k in new if k not in moved and k in defaults}
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if changed:
         k = changed[0]

@@ -2,6 +2,9 @@
 
     dsrsd tune --model dsrsd --trials 30 --preset default
 
+Just over 500 lines on purpose: a study's life (identity checks, lock, sampler seeding, the
+trial runner, the summary) is one concept; the search space is in tune_space.py.
+
 Each trial is one `train_run` of the preset + `model.name=M` + the `--set` overrides + the
 trial's sampled values, trained into OUT/trials/trial_<number>/. Its validation AUC is
 reported after every epoch (step = epoch - 1), so the median pruner can stop a poor trial

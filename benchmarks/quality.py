@@ -20,6 +20,8 @@ parts may be run in separate invocations):
                         seeded subsamples of the training learners) and 1.0 (the runs of the
                         sample part, reused when present).
 Tuning happens on validation data only: every test figure here is read once.
+Just over 500 lines on purpose: the parts share the tuning, the runner and the table writers,
+and one file keeps the whole benchmark's protocol readable in one place.
 
 Equal tuning (--tune-trials N, N > 0; default 0: every model with the shipped preset):
     python benchmarks/quality.py --parts ednet,ablation-ednet,curve-ednet --seeds 3 --tune-trials 8

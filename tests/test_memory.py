@@ -30,10 +30,23 @@ def test_trims_only_when_resident_memory_grew_by_more_than_the_slack(fake_proces
     assert fake_process["trims"] == 0
     fake_process["rss"] = 1501                      # piled up
     memory.trim_heap(slack=500)
-    assert fake_process["trims"] == 1 and memory._after_last_trim == 1000
-    fake_process["rss"] = 1400
-    memory.trim_heap(slack=500)
     assert fake_process["trims"] == 1
+
+
+def test_a_working_set_above_the_slack_is_not_trimmed_after_every_batch(fake_process):
+    """A trim returns the batch's working set too; the next batch faults it back in. That
+    regrowth is not a pile-up: the baseline is taken at the end of the first batch after it."""
+    memory.trim_heap(slack=500)                     # note 1000
+    fake_process["rss"] = 1800                      # a first big batch: working set 800 > slack
+    memory.trim_heap(slack=500)
+    assert fake_process["trims"] == 1               # trimmed back to 1000
+    for _ in range(5):                              # every later batch faults its 800 back in
+        fake_process["rss"] = 1800
+        memory.trim_heap(slack=500)
+    assert fake_process["trims"] == 1
+    fake_process["rss"] = 2301                      # 501 piled up over the working set
+    memory.trim_heap(slack=500)
+    assert fake_process["trims"] == 2
 
 
 def test_slack_zero_or_an_unknown_size_trims_every_time(fake_process, monkeypatch):

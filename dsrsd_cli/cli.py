@@ -27,7 +27,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-console = Console(stderr=True)   # progress and tables; stdout stays clean for --json
+console = Console(stderr=True, soft_wrap=True)   # progress and tables; stdout stays clean for --json.
+# soft_wrap: a line of text (an error, a path) stays one line at any terminal width; tables still fit it
 _state = {"debug": False}
 
 
@@ -233,10 +234,10 @@ def main() -> None:
             raise
         if os.environ.get("RANK", "0") != "0":  # under DDP, rank 0 alone speaks
             sys.exit(e.exit_code)
-        console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)   # escape: "dsrsd-cli[tensorboard]" is not markup
+        console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False)   # escape: "dsrsd-cli[tensorboard]" is not markup
         sys.exit(e.exit_code)
     except Exception as e:  # an unexpected failure: one line, the traceback behind --debug
         if _state["debug"]:
             raise
-        console.print(f"[bold red]error:[/bold red] {type(e).__name__}: {e} (rerun with --debug for the traceback)", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/bold red] {type(e).__name__}: {e} (rerun with --debug for the traceback)", highlight=False)
         sys.exit(1)

@@ -68,7 +68,7 @@ def refresh_arrays_from_cli(*, dataset: str, out: Path | None, console: Console)
                        "applies to EdNet-schema folders (prepare --dataset ednet, riiid, custom)")
     manifest = refresh_store(folder)
     entry = manifest["arrays"]
-    console.print(f"rebuilt {folder / 'arrays'}: {entry['rows']:,} answers of {entry['learners']:,} learners", highlight=False, soft_wrap=True)   # soft_wrap: a long path stays on one line
+    console.print(f"rebuilt {folder / 'arrays'}: {entry['rows']:,} answers of {entry['learners']:,} learners", highlight=False)
     return manifest
 
 
